@@ -1,0 +1,285 @@
+"""MSM-MAE: a ViT masked autoencoder over patches of a log-mel spectrogram.
+
+Parameter names and shapes follow the official MSM-MAE checkpoints, so their state dicts load
+as they are. A spectrogram unit (N, 1, F, T) is cut into (F/pf) x (T/pt) patches, ordered
+frequency-major: patch index = f * (T/pt) + t.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MAEConfig:
+    input_size: Tuple[int, int] = (80, 208)  # (mel bins, frames) of one input unit
+    patch_size: Tuple[int, int] = (16, 16)  # (mel bins, frames) of one patch
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    decoder_embed_dim: int = 384
+    decoder_depth: int = 4
+    decoder_num_heads: int = 6
+    mlp_ratio: float = 4.0
+    use_cls_token: bool = False
+    norm_pix_loss: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
+        for size, patch, what in zip(self.input_size, self.patch_size, ("mel bins", "frames")):
+            if patch <= 0 or size % patch:
+                raise ValueError(f"patch size {self.patch_size} does not divide input size {self.input_size} ({what})")
+        for width, heads, what in ((self.embed_dim, self.num_heads, "encoder"),
+                                   (self.decoder_embed_dim, self.decoder_num_heads, "decoder")):
+            if heads <= 0 or width % heads:
+                raise ValueError(f"{what} width {width} is not divisible by its {heads} heads")
+
+    @property
+    def grid_size(self) -> Tuple[int, int]:
+        """Patches along (frequency, time)."""
+        return self.input_size[0] // self.patch_size[0], self.input_size[1] // self.patch_size[1]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def frame_embedding_size(self) -> int:
+        """One time column of patches, concatenated over frequency."""
+        return self.grid_size[0] * self.embed_dim
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# Widths and depths by name; heads = width / 64 as in ViT.
+MODEL_SIZES = {
+    "base": dict(embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=384, decoder_depth=4, decoder_num_heads=6),
+    "small": dict(embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=4),
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=2),
+}
+
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """(M,) positions -> (M, dim): sines of all frequencies, then cosines (MAE's layout)."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2))
+    angles = np.outer(positions.reshape(-1), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def sincos_2d(dim: int, grid_size: Tuple[int, int]) -> np.ndarray:
+    """(gf * gt, dim) for a frequency-major patch grid: first half encodes time, second frequency."""
+    gf, gt = grid_size
+    time, freq = np.meshgrid(np.arange(gt, dtype=np.float32), np.arange(gf, dtype=np.float32))
+    return np.concatenate([sincos_1d(dim // 2, time), sincos_1d(dim // 2, freq)], axis=1)
+
+
+def sinusoid_table(n: int, dim: int) -> np.ndarray:
+    """(n, dim) transformer sinusoid table: sin on even channels, cos on odd ones."""
+    angles = np.arange(n)[:, None] / np.power(10000, 2 * (np.arange(dim)[None] // 2) / dim)
+    angles[:, 0::2] = np.sin(angles[:, 0::2])
+    angles[:, 1::2] = np.cos(angles[:, 1::2])
+    return angles
+
+
+def _with_cls_row(table: np.ndarray, use_cls_token: bool) -> torch.Tensor:
+    if use_cls_token:
+        table = np.concatenate([np.zeros((1, table.shape[1])), table], axis=0)
+    return torch.from_numpy(table).float().unsqueeze(0)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with query and value biases; the key bias is zero."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, tokens, dim = x.shape
+        bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, bias)  # (n, tokens, 3 * dim)
+        q, k, v = qkv.view(n, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)  # (n, heads, tokens, head_dim)
+        return self.proj(x.transpose(1, 2).reshape(n, tokens, dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """(N, 1, F, T) -> (N, (F/pf) * (T/pt), D), frequency-major."""
+
+    def __init__(self, patch_size: Tuple[int, int], embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def shuffle_order(mask: Optional[torch.Tensor], n: int, num_patches: int, device=None,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(n, num_patches) patch indices, visible patches first: random, or from a given mask.
+
+    With a mask (True/1 = masked) the order is `argsort(mask)` exactly as the reference computes
+    it; the order within the visible set matters to the decoder of models without [CLS].
+    """
+    if mask is not None:
+        return torch.argsort(mask.float(), dim=1)
+    return torch.rand(n, num_patches, device=device, generator=generator).argsort(dim=1)
+
+
+class MaskedAutoencoder(nn.Module):
+    """MSM-MAE. With `decoder=False` only the encoder is built (for embedding extraction)."""
+
+    def __init__(self, config: MAEConfig, decoder: bool = True):
+        super().__init__()
+        self.config = c = config
+        self.patch_embed = PatchEmbed(c.patch_size, c.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.use_cls_token else None
+        self.register_buffer("pos_embed", _with_cls_row(sincos_2d(c.embed_dim, c.grid_size), c.use_cls_token))
+        self.blocks = nn.ModuleList(Block(c.embed_dim, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.embed_dim, eps=1e-6)
+        self.has_decoder = decoder
+        if decoder:
+            self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
+            self.register_buffer("decoder_pos_embed",
+                                 _with_cls_row(sinusoid_table(c.num_patches, c.decoder_embed_dim), c.use_cls_token))
+            self.decoder_blocks = nn.ModuleList(
+                Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio) for _ in range(c.decoder_depth))
+            self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=1e-6)
+            self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size[0] * c.patch_size[1])
+        self._init_weights()
+
+    def _init_weights(self):
+        """MAE's initialisation: xavier-uniform linears and patch projection, N(0, 0.02) tokens."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for token in (self.cls_token, getattr(self, "mask_token", None)):
+            if token is not None:
+                nn.init.normal_(token, std=0.02)
+
+    def patchify(self, lms: torch.Tensor) -> torch.Tensor:
+        """(N, 1, F, T) -> (N, patches, pf * pt), pixels frequency-major within a patch."""
+        n, _, f, t = lms.shape
+        pf, pt = self.config.patch_size
+        x = lms.reshape(n, f // pf, pf, t // pt, pt).permute(0, 1, 3, 2, 4)
+        return x.reshape(n, (f // pf) * (t // pt), pf * pt)
+
+    def unpatchify(self, patches: torch.Tensor, frames: int) -> torch.Tensor:
+        """(N, patches, pf * pt) -> (N, 1, F, frames)."""
+        n = patches.shape[0]
+        pf, pt = self.config.patch_size
+        gf, gt = self.config.grid_size[0], frames // pt
+        x = patches.reshape(n, gf, gt, pf, pt).permute(0, 1, 3, 2, 4)
+        return x.reshape(n, 1, gf * pf, gt * pt)
+
+    def _patch_pos_embed(self, table: torch.Tensor, columns: int) -> torch.Tensor:
+        """The patch rows of a position table, cut to the first `columns` time columns."""
+        gf, gt = self.config.grid_size
+        patch_rows = table[:, 1:] if self.config.use_cls_token else table
+        return patch_rows.reshape(1, gf, gt, -1)[:, :, :columns].reshape(1, gf * columns, -1)
+
+    def forward_encoder(self, lms: torch.Tensor, ids_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, 1, F, W) with W <= input width, a multiple of the patch width -> (N, [1 +] tokens, D).
+
+        `ids_keep` (N, visible): the patches the encoder sees, in this order; all of them in
+        patch order without it. The [CLS] token, where the model has one, is the first row.
+        """
+        columns = lms.shape[-1] // self.config.patch_size[1]
+        x = self.patch_embed(lms) + self._patch_pos_embed(self.pos_embed, columns)  # (N, P, D)
+        if ids_keep is not None:
+            x = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        if self.cls_token is not None:
+            cls = self.cls_token + self.pos_embed[:, :1]
+            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Encoder output (N, [1 +] visible, D) -> (N, patches, pf * pt) predictions.
+
+        `ids_restore` (N, patches): each patch's place in the shuffled order. As in the reference,
+        the first encoder row is set aside as [CLS] even in models without one: there it drops a
+        visible patch and shifts the rest one place along the shuffled order. The official
+        checkpoints without [CLS] were trained that way, so their decoders expect it.
+        """
+        x = self.decoder_embed(latent)  # (N, [1 +] visible, Dd)
+        n, num_patches = ids_restore.shape
+        mask_tokens = self.mask_token.to(x.dtype).expand(n, num_patches + 1 - x.shape[1], -1)
+        tokens = torch.cat([x[:, 1:], mask_tokens], dim=1)  # shuffled order
+        tokens = tokens.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # patch order
+        if self.config.use_cls_token:
+            tokens = torch.cat([x[:, :1], tokens], dim=1)
+        x = tokens + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_pred(self.decoder_norm(x))
+        return x[:, 1:] if self.config.use_cls_token else x
+
+    def reconstruction_loss(self, lms: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the masked patches (per-patch normalised targets if configured)."""
+        target = self.patchify(lms)
+        if self.config.norm_pix_loss:
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6) ** 0.5
+        per_patch = ((pred.float() - target) ** 2).mean(dim=-1)  # (N, patches)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward(self, lms: torch.Tensor, mask_ratio: float = 0.75, mask: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None):
+        """Full units (N, 1, F, T) -> (loss, predictions (N, patches, pf * pt), mask (N, patches)).
+
+        The mask (1 = masked) is random with `mask_ratio`, or the given one.
+        """
+        n, num_patches = lms.shape[0], self.config.num_patches
+        ids_shuffle = shuffle_order(mask, n, num_patches, lms.device, generator)
+        ids_restore = ids_shuffle.argsort(dim=1)
+        num_keep = int((mask[0] == 0).sum()) if mask is not None else int(num_patches * (1 - mask_ratio))
+        mask = (ids_restore >= num_keep).float()  # (N, patches), 1 = masked
+        latent = self.forward_encoder(lms, ids_shuffle[:, :num_keep])
+        pred = self.forward_decoder(latent, ids_restore)
+        return self.reconstruction_loss(lms, pred, mask), pred, mask
