@@ -10,16 +10,15 @@ official folder name `<F>x<T>p<pf>x<pt>_<name>/checkpoint-N.pth`, then the state
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from .atomic import atomic_write
 from .frontend import N_MELS
 from .model import MAEConfig, MaskedAutoencoder
 
@@ -166,20 +165,9 @@ def _is_decoder_key(key: str) -> bool:
 def save_checkpoint(path, model: MaskedAutoencoder, *, norm_stats: Optional[Tuple[float, float]] = None,
                     **extra: Any) -> None:
     """Write `{'model', 'config', 'norm_stats', **extra}` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     contents = {"model": state_dict, "config": model.config.to_dict(), **extra}
     if norm_stats is not None:
         contents["norm_stats"] = {"mean": float(norm_stats[0]), "std": float(norm_stats[1])}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(contents, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(contents, f)
