@@ -1,0 +1,164 @@
+"""HEAR 2021 scores, computed as hear-eval-kit's `heareval/score.py` computes them.
+
+Scene scores take `predictions` (N, C) class scores (softmax or sigmoid outputs) and `targets`
+(N, C) one-hot / multi-hot. Event scores take two dicts `{filename: [{"label", "start", "end"}, ...]}`
+(times in ms), the predicted events and the reference events, plus the task's label list; they are
+sed_eval's event- and segment-based metrics with hear-eval-kit's parameters, evaluated file by file
+over the files that have predictions and pooled over all files and labels ("overall", micro).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+Events = Dict[str, List[dict]]
+
+
+def _check_scene_shapes(predictions: np.ndarray, targets: np.ndarray) -> None:
+    if predictions.ndim != 2 or predictions.shape != targets.shape:
+        raise ValueError(f"scene scores need predictions and targets of the same (N, C) shape, got "
+                         f"{predictions.shape} and {targets.shape}")
+    if len(targets) == 0:
+        raise ValueError("scene scores need at least one example")
+
+
+def top1_acc(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """Fraction of examples whose highest-scoring class is the target class (also `pitch_acc`)."""
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
+    _check_scene_shapes(predictions, targets)
+    return float(np.mean(predictions.argmax(1) == targets.argmax(1)))
+
+
+def chroma_acc(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """Top-1 accuracy up to octave errors: class indices compared modulo 12 (semitone classes)."""
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
+    _check_scene_shapes(predictions, targets)
+    return float(np.mean(predictions.argmax(1) % 12 == targets.argmax(1) % 12))
+
+
+def mAP(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """Average precision per class, macro-averaged (every class counts the same)."""
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
+    _check_scene_shapes(predictions, targets)
+    with warnings.catch_warnings():  # a class with no positive example: sklearn warns, AP is 0
+        warnings.simplefilter("ignore")
+        return float(average_precision_score(targets, predictions, average="macro"))
+
+
+def aucroc(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """ROC AUC per class, macro-averaged; NaN when some class has only positives or only negatives."""
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
+    _check_scene_shapes(predictions, targets)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(roc_auc_score(targets, predictions, average="macro"))
+    except ValueError:
+        return math.nan
+
+
+def d_prime(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over classes of sqrt(2) * Phi^-1(AUC_c); NaN where aucroc is undefined."""
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
+    _check_scene_shapes(predictions, targets)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            auc = roc_auc_score(targets, predictions, average=None)  # (C,)
+    except ValueError:
+        return math.nan
+    return float(np.mean(stats.norm().ppf(auc) * np.sqrt(2.0)))
+
+
+def _sed_eval_container(events: Events):
+    from dcase_util.containers import MetaDataContainer
+
+    return MetaDataContainer([
+        {"event_label": str(e["label"]), "event_onset": e["start"] / 1000.0, "event_offset": e["end"] / 1000.0,
+         "file": filename}
+        for filename, file_events in events.items() for e in file_events
+    ])
+
+
+def _sed_eval_overall(predicted: Events, target: Events, labels: Sequence[str], *, segment_based: bool,
+                      **params) -> Dict[str, float]:
+    """sed_eval's overall metrics, flattened: {'f_measure', 'precision', 'recall', 'error_rate', ...}."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dcase_util / librosa import-time deprecation warnings
+        import sed_eval
+
+        metric_class = (sed_eval.sound_event.SegmentBasedMetrics if segment_based
+                        else sed_eval.sound_event.EventBasedMetrics)
+        metrics = metric_class(event_label_list=[str(label) for label in labels], **params)
+        reference, estimated = _sed_eval_container(target), _sed_eval_container(predicted)
+        for filename in predicted:
+            metrics.evaluate(reference_event_list=reference.filter(filename=filename),
+                             estimated_event_list=estimated.filter(filename=filename))
+        overall = metrics.results_overall_metrics()
+    return {name: float(value) for group in overall.values() for name, value in group.items()}
+
+
+def event_onset_200ms_fms(predicted: Events, target: Events, labels: Sequence[str]) -> float:
+    """Event-based F-measure, an event matches when its onset is within 200 ms (offsets ignored)."""
+    return _sed_eval_overall(predicted, target, labels, segment_based=False, evaluate_onset=True,
+                             evaluate_offset=False, t_collar=0.2)["f_measure"]
+
+
+def event_onset_50ms_fms(predicted: Events, target: Events, labels: Sequence[str]) -> float:
+    """Event-based F-measure, an event matches when its onset is within 50 ms (offsets ignored)."""
+    return _sed_eval_overall(predicted, target, labels, segment_based=False, evaluate_onset=True,
+                             evaluate_offset=False, t_collar=0.05)["f_measure"]
+
+
+def event_onset_offset_50ms_20perc_fms(predicted: Events, target: Events, labels: Sequence[str]) -> float:
+    """Event-based F-measure: onset within 50 ms and offset within max(50 ms, 20% of the event length)."""
+    return _sed_eval_overall(predicted, target, labels, segment_based=False, evaluate_onset=True,
+                             evaluate_offset=True, t_collar=0.05, percentage_of_length=0.2)["f_measure"]
+
+
+def segment_1s_er(predicted: Events, target: Events, labels: Sequence[str]) -> float:
+    """Segment-based error rate on a 1 s grid (lower is better)."""
+    return _sed_eval_overall(predicted, target, labels, segment_based=True, time_resolution=1.0)["error_rate"]
+
+
+@dataclass(frozen=True)
+class Score:
+    """A named score: `fn(predictions, targets)` for scene scores, `fn(predicted, target, labels)` for event ones."""
+    name: str
+    fn: Callable[..., float]
+    is_event_score: bool
+    maximize: bool = True
+
+    def is_better(self, a: float, b: float) -> bool:
+        """Strict improvement of a over b; NaN is never better (hear-eval-kit's checkpoint rule)."""
+        if math.isnan(a):
+            return False
+        if math.isnan(b):
+            return True
+        return a > b if self.maximize else a < b
+
+
+SCORES: Dict[str, Score] = {score.name: score for score in [
+    Score("top1_acc", top1_acc, False),
+    Score("pitch_acc", top1_acc, False),
+    Score("chroma_acc", chroma_acc, False),
+    Score("mAP", mAP, False),
+    Score("d_prime", d_prime, False),
+    Score("aucroc", aucroc, False),
+    Score("event_onset_200ms_fms", event_onset_200ms_fms, True),
+    Score("event_onset_50ms_fms", event_onset_50ms_fms, True),
+    Score("event_onset_offset_50ms_20perc_fms", event_onset_offset_50ms_20perc_fms, True),
+    Score("segment_1s_er", segment_1s_er, True, maximize=False),
+]}
+
+
+def get_score(name: str) -> Score:
+    if name not in SCORES:
+        raise ValueError(f"unknown score {name!r}; known scores: {', '.join(SCORES)}")
+    return SCORES[name]

@@ -1,0 +1,99 @@
+"""Each HEAR score against values worked out by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from eval import metrics
+
+# Two classes, four examples. Class 0: positives score 0.9, 0.7, negatives 0.8, 0.6.
+# Class 1: positives score 0.1, 0.4, negatives 0.3, 0.2.
+SCORES = np.array([[0.9, 0.1], [0.8, 0.3], [0.7, 0.2], [0.6, 0.4]])
+LABELS = np.array([[1, 1], [0, 0], [1, 0], [0, 1]])
+
+
+def test_top1_and_pitch_acc():
+    predictions = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    targets = np.array([[0, 1], [0, 1], [1, 0]])
+    assert metrics.top1_acc(predictions, targets) == pytest.approx(1 / 3)
+    assert metrics.get_score("pitch_acc").fn(predictions, targets) == pytest.approx(1 / 3)
+
+
+def test_chroma_acc_forgives_octave_errors():
+    predictions = np.zeros((2, 24))
+    targets = np.zeros((2, 24))
+    predictions[0, 14], targets[0, 2] = 1, 1  # one octave up: right chroma
+    predictions[1, 3], targets[1, 2] = 1, 1  # a semitone off: wrong
+    assert metrics.chroma_acc(predictions, targets) == 0.5
+    assert metrics.top1_acc(predictions, targets) == 0.0
+
+
+def test_mAP_macro_average():
+    # Class 0 ranking: + - + -  -> AP = (1/1 + 2/3) / 2.  Class 1 ranking (0.4, 0.3, 0.2, 0.1): + - - + -> (1 + 2/4) / 2.
+    assert metrics.mAP(SCORES, LABELS) == pytest.approx(((1 + 2 / 3) / 2 + (1 + 0.5) / 2) / 2)
+
+
+def test_aucroc_and_d_prime():
+    # Class 0: 3 of 4 positive-negative pairs ordered right -> 0.75; class 1: 2 of 4 -> 0.5.
+    assert metrics.aucroc(SCORES, LABELS) == pytest.approx(0.625)
+    # d' = sqrt(2) * Phi^-1(AUC); Phi^-1(0.75) = 0.6744897501960817, Phi^-1(0.5) = 0.
+    assert metrics.d_prime(SCORES, LABELS) == pytest.approx(math.sqrt(2) * 0.6744897501960817 / 2)
+
+
+def test_auc_scores_undefined_without_negatives():
+    labels = LABELS.copy()
+    labels[:, 1] = 1
+    assert math.isnan(metrics.aucroc(SCORES, labels))
+    assert math.isnan(metrics.d_prime(SCORES, labels))
+
+
+def test_scene_scores_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="same"):
+        metrics.top1_acc(np.zeros((3, 2)), np.zeros((3, 4)))
+
+
+# Reference: 'a' 1.0-2.0 s, 'b' 3.0-3.5 s. Predicted: 'a' 100 ms late, 'b' 20 ms late but ending 200 ms late,
+# and a spurious 'a' at 5 s.
+TARGET = {"x.wav": [{"label": "a", "start": 1000.0, "end": 2000.0}, {"label": "b", "start": 3000.0, "end": 3500.0}]}
+PREDICTED = {"x.wav": [{"label": "a", "start": 1100.0, "end": 1900.0}, {"label": "b", "start": 3020.0, "end": 3700.0},
+                       {"label": "a", "start": 5000.0, "end": 5100.0}]}
+
+
+def test_event_onset_fms():
+    # 200 ms collar: both onsets match -> P 2/3, R 1 -> F 0.8.
+    assert metrics.event_onset_200ms_fms(PREDICTED, TARGET, ["a", "b"]) == pytest.approx(0.8)
+    # 50 ms collar: only 'b' -> P 1/3, R 1/2 -> F 0.4.
+    assert metrics.event_onset_50ms_fms(PREDICTED, TARGET, ["a", "b"]) == pytest.approx(0.4)
+
+
+def test_event_onset_offset_fms():
+    # 'b' offset misses by 200 ms > max(50 ms, 20% of 500 ms): no match at all -> F 0.
+    assert metrics.event_onset_offset_50ms_20perc_fms(PREDICTED, TARGET, ["a", "b"]) == 0.0
+    predicted = {"x.wav": [{"label": "b", "start": 3020.0, "end": 3580.0}]}  # offset 80 ms off: within 100 ms
+    # P 1/1, R 1/2 -> F 2/3.
+    assert metrics.event_onset_offset_50ms_20perc_fms(predicted, TARGET, ["a", "b"]) == pytest.approx(2 / 3)
+
+
+def test_segment_1s_error_rate():
+    # 1 s segments: 'a' active in segment 1 in both, 'b' in segment 3 in both; the spurious 'a' adds one
+    # insertion in segment 5. ER = (S + D + I) / N_ref = (0 + 0 + 1) / 2.
+    assert metrics.segment_1s_er(PREDICTED, TARGET, ["a", "b"]) == pytest.approx(0.5)
+    assert not metrics.get_score("segment_1s_er").maximize
+
+
+def test_no_predicted_events_gives_nan_fms():
+    assert math.isnan(metrics.event_onset_200ms_fms({"x.wav": []}, TARGET, ["a", "b"]))
+
+
+def test_is_better_treats_nan_as_worst():
+    score = metrics.get_score("top1_acc")
+    assert score.is_better(0.5, math.nan) and not score.is_better(math.nan, 0.1)
+    assert not score.is_better(0.5, 0.5)
+    assert metrics.get_score("segment_1s_er").is_better(0.2, 0.3)
+
+
+def test_unknown_score_named():
+    with pytest.raises(ValueError, match="bogus"):
+        metrics.get_score("bogus")
