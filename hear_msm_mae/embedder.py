@@ -195,28 +195,35 @@ class Embedder(nn.Module):
             total[clips] += emb[:, :n_cols - col].sum(dim=1)
         return total / n_cols
 
+    def lead_frames(self) -> int:
+        """Zero frames put before the spectrogram for timestamp embeddings: the fewest hops that bring
+        the first centre within one hop of the start (a column starting at frame 0 is centred at 75 ms)."""
+        first_centre = (self.patch_frames - 1) / 2
+        return self.hop_frames * max(0, math.ceil((first_centre - self.hop_frames) / self.hop_frames))
+
     def timestamps(self, num_samples: int) -> torch.Tensor:
-        """Centres (ms) of the patch columns starting every hop: (n,), inside the audio."""
+        """Centres (ms) of the patch columns starting every hop from -lead frames: (n,), in the audio."""
         duration_ms = num_samples * 1000 / SAMPLE_RATE
-        total = num_samples // HOP_LENGTH + 1
-        centre_ms = (self.patch_frames - 1) / 2 * FRAME_MS  # centre of a column starting at frame 0
-        n = min(math.floor((duration_ms - centre_ms) / (self.hop_frames * FRAME_MS)) + 1,
-                math.ceil(total / self.hop_frames))
-        if n < 1:  # shorter than half a patch: one embedding, centred on the clip
-            return torch.tensor([duration_ms / 2])
-        return torch.arange(n, dtype=torch.float64) * (self.hop_frames * FRAME_MS) + centre_ms
+        hop_ms = self.hop_frames * FRAME_MS
+        first_ms = ((self.patch_frames - 1) / 2 - self.lead_frames()) * FRAME_MS
+        total = num_samples // HOP_LENGTH + 1 + self.lead_frames()
+        n = min(math.floor((duration_ms - first_ms) / hop_ms) + 1, math.ceil(total / self.hop_frames))
+        if n < 1:  # shorter than the first centre: one embedding, centred on the clip
+            return torch.tensor([duration_ms / 2], dtype=torch.float64)
+        return torch.arange(n, dtype=torch.float64) * hop_ms + first_ms
 
     def timestamp_embeddings(self, audio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) -> ((B, n, gf * D), (B, n) ms): columns starting every hop, for a finer step than pt.
+        """(B, S) -> ((B, n, gf * D), (B, n) ms): columns starting every hop, finer than the patch width.
 
-        The spectrogram is encoded pt / hop times, each copy shifted by one more hop; embedding i
-        is column i // shifts of copy i % shifts and covers frames [i * hop, i * hop + pt).
+        The spectrogram, led by lead_frames() zero (mean) frames, is encoded pt / hop times, each copy
+        shifted by one more hop; embedding i is column i // shifts of copy i % shifts and covers
+        frames [i * hop - lead, i * hop - lead + pt).
         """
         times = self.timestamps(audio.shape[-1])
-        lms = self.normalised_log_mel(audio)
+        lms = nn.functional.pad(self.normalised_log_mel(audio), (self.lead_frames(), 0))
         shifts = self.patch_frames // self.hop_frames
         out = lms.new_empty(lms.shape[0], len(times), self.timestamp_embedding_size)
         for shift in range(min(shifts, len(times))):
             self.fill_columns(lms[:, :, shift * self.hop_frames:], out[:, shift::shifts])
-        stamps = times.to(torch.float32).to(audio.device).expand(audio.shape[0], -1)
+        stamps = times.to(torch.float32).to(audio.device).repeat(audio.shape[0], 1)
         return out, stamps
