@@ -90,9 +90,8 @@ EVENT_END_TOLERANCE_MS = 0.0001  # hear-eval-kit includes timestamps up to end +
 # Naming, as heareval.embeddings.runner names its output folder
 
 def slug(text: str) -> str:
-    """python-slugify's default for ASCII text: quotes dropped, lower case, non-alphanumeric runs -> '-'."""
-    text = re.sub(r"['\"]+", "", text.lower())
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+    """python-slugify's default for ASCII text: lower case, runs of other characters -> '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def model_dir_name(module: str, model_options: Dict) -> str:
@@ -341,18 +340,17 @@ def embed_tasks(module: str, tasks_dir, embeddings_dir, model_path: Optional[str
     model_options = dict(model_options or {})
     dist = Dist.from_env()
     try:
-        device = dist.device()
-        loaded = load_module(module, model_path, model_options, device)
+        model_out = Path(embeddings_dir) / model_dir_name(module, model_options)
+        model_out.mkdir(parents=True, exist_ok=True)
+        check_run(model_out, {"module": module, "model": str(model_path) if model_path else None,
+                              "model_options": model_options}, dist)
+        loaded = load_module(module, model_path, model_options, dist.device())
         all_tasks = list_tasks(tasks_dir, sample_rate=loaded.sample_rate)
         if tasks:
             unknown = sorted(set(tasks) - {t.name for t in all_tasks})
             if unknown:
                 raise SystemExit(f"error: no task folders {unknown} in {tasks_dir}")
             all_tasks = [t for t in all_tasks if t.name in set(tasks)]
-        model_out = Path(embeddings_dir) / model_dir_name(module, model_options)
-        model_out.mkdir(parents=True, exist_ok=True)
-        check_run(model_out, {"module": module, "model": str(model_path) if model_path else None,
-                              "model_options": model_options}, dist)
         for task in tqdm(all_tasks, desc="tasks", unit="task", disable=dist.rank != 0 or None):
             task_out = model_out / task.name
             if (task_out / DONE_FILE).exists():
