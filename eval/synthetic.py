@@ -59,6 +59,7 @@ SENTENCE_WORDS = ("the", "a", "red", "green", "small", "large", "house", "river"
 PITCHED_PROGRAMS = (0, 1, 2, 4, 5, 6, 11, 12, 16, 17, 19, 21, 24, 25, 26, 27, 40, 41, 42, 48, 49, 52,
                     56, 57, 60, 61, 64, 65, 66, 68, 71, 73, 74, 80, 81, 82)
 DRUM_LABELS = ("hihat", "kick", "snare")
+COUNT_LEVEL = 0.04  # speaker-count mixtures' RMS (+-6 dB): low enough that no clip needs limiting
 
 Example = Tuple[np.ndarray, list]  # (audio (S,) float32, labels of the split json)
 
@@ -203,8 +204,8 @@ def speaker_count_task(rng: np.random.Generator, sizes: Sizes) -> Tuple[dict, Di
             wave = next(waves)
             wave = wave * (0.1 / rms(wave))  # every talker at the same level
             mixture += place(wave, seconds, rng, (0.0, max(0.0, seconds - len(wave) / SAMPLE_RATE) * 0.5))
-        level = 0.1 * 10 ** (rng.uniform(-6, 6) / 20)  # +-6 dB, independent of the count
-        audio = mixture * (level / rms(mixture)) + 0.002 * coloured_noise(rng, len(mixture), 1.0)
+        level = COUNT_LEVEL * 10 ** (rng.uniform(-6, 6) / 20)  # +-6 dB, independent of the count
+        audio = mixture * (level / rms(mixture)) + 0.001 * coloured_noise(rng, len(mixture), 1.0)
         name = f"{fold}_{count}spk_{index:02d}.wav"
         splits[fold][name] = (to_pcm_range(audio).astype(np.float32), [str(count)])
     metadata = {"embedding_type": "scene", "prediction_type": "multiclass", "split_mode": "new_split_kfold",
