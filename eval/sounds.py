@@ -32,6 +32,7 @@ Example (e.g. for a pre-training corpus)::
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import struct
 import subprocess
@@ -45,10 +46,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile
-import torch
-import torchaudio
+from scipy.signal import resample_poly
 
-from hear_msm_mae.audio import load_audio
 from hear_msm_mae.frontend import SAMPLE_RATE
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
@@ -77,12 +76,12 @@ def require_program(name: str, package: str) -> str:
 
 
 def to_mono_16k(data: np.ndarray, rate: int) -> np.ndarray:
-    """(S,) or (S, channels) audio at `rate` -> (S',) float32 mono at 16 kHz."""
-    mono = data.mean(axis=1) if data.ndim == 2 else data
-    wave = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+    """(S,) or (S, channels) audio at `rate` -> (S',) float32 mono at 16 kHz (polyphase resampling)."""
+    mono = np.asarray(data.mean(axis=1) if data.ndim == 2 else data, dtype=np.float32)
     if rate != SAMPLE_RATE:
-        wave = torchaudio.functional.resample(wave, rate, SAMPLE_RATE)
-    return wave.numpy()
+        common = math.gcd(int(rate), SAMPLE_RATE)
+        mono = resample_poly(mono, SAMPLE_RATE // common, int(rate) // common).astype(np.float32)
+    return mono
 
 
 def read_wav_bytes(data: bytes, what: str) -> np.ndarray:
@@ -380,18 +379,28 @@ def drum_hits(categories: Optional[Iterable[str]] = None, kits: Optional[Iterabl
             if (categories is None or h.category in categories) and (kits is None or h.kit in kits)]
 
 
-@lru_cache(maxsize=512)
-def read_drum_hit(path: Path) -> np.ndarray:
-    audio = load_audio(path).numpy()
+@lru_cache(maxsize=2048)
+def read_drum_hit(path: Path, max_seconds: Optional[float]) -> np.ndarray:
+    """The first `max_seconds` (None: all) of a sample file at 16 kHz, read-only; only that much is read."""
+    try:
+        rate = soundfile.info(str(path)).samplerate
+        frames = -1 if max_seconds is None else int(np.ceil(max_seconds * rate))
+        data, rate = soundfile.read(str(path), frames=frames, dtype="float32", always_2d=True)  # (S, channels)
+    except (RuntimeError, soundfile.LibsndfileError) as e:
+        raise ValueError(f"{path}: cannot read audio: {e}") from None
+    if data.shape[0] == 0:
+        raise ValueError(f"{path}: contains no audio samples")
+    audio = to_mono_16k(data, rate)
+    if max_seconds is not None:
+        audio = audio[:round(max_seconds * SAMPLE_RATE)]
     audio.flags.writeable = False
     return audio
 
 
 def load_drum_hit(hit: DrumHit, max_seconds: Optional[float] = None) -> np.ndarray:
     """The hit's samples as (S,) float32 at 16 kHz (a copy), cut to `max_seconds` with a 10 ms fade."""
-    audio = read_drum_hit(hit.path).copy()
-    if max_seconds is not None and len(audio) > max_seconds * SAMPLE_RATE:
-        audio = audio[:round(max_seconds * SAMPLE_RATE)]
+    audio = read_drum_hit(hit.path, max_seconds).copy()
+    if max_seconds is not None and len(audio) == round(max_seconds * SAMPLE_RATE):
         fade = min(len(audio), SAMPLE_RATE // 100)
         audio[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
     return audio
