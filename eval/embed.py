@@ -52,8 +52,17 @@ GPU) and embeds every WORLD_SIZE-th batch of each split; after a barrier rank 0 
 merged split files, the profile and .done.embeddings. The batches are the same as in a
 one-process run, so the files are identical.
 
-For the downstream models (part B): `load_split(task_embeddings_dir, split)` returns a split's
-embeddings and targets as numpy arrays, in <split>.json order (see SceneSplit / EventSplit).
+Reading embeddings back (for the downstream models), from our files or heareval's:
+
+    for task_dir in embedded_task_dirs(E / "<module dir>"):     # complete tasks only
+        task = read_embedded_task(task_dir)                    # eval.tasks.Task: metadata, labels,
+                                                               # primary_metric, data_splits()
+        for fold in task.data_splits():                        # train/valid/test split names
+            train = [load_split(task_dir, s) for s in fold.train]
+            ...
+    scene: SceneSplit.embeddings (n, D) float32, .targets (n, n_labels) multi-hot, .labels, .filenames
+    event: EventSplit.embeddings / .timestamps (ms) / .targets per file, .events {file: [Event]},
+           .stacked() -> X (N, D), Y (N, n_labels), file index (N,)
 """
 from __future__ import annotations
 
@@ -395,6 +404,14 @@ def multi_hot(labels: Sequence, label_to_idx: Dict[str, int]) -> np.ndarray:
     vector = np.zeros(len(label_to_idx), np.float32)
     vector[[label_to_idx[str(label)] for label in labels]] = 1.0
     return vector
+
+
+def embedded_task_dirs(model_dir) -> List[Path]:
+    """The complete task folders (with .done.embeddings) of one module's embeddings folder, sorted."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"embeddings folder not found: {model_dir}")
+    return sorted(p for p in model_dir.iterdir() if (p / DONE_FILE).is_file())
 
 
 def read_embedded_task(task_embeddings_dir) -> Task:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from eval import embed
-from eval.embed import embed_tasks, labels_at_timestamps, load_split, model_dir_name
+from eval.embed import embed_tasks, embedded_task_dirs, labels_at_timestamps, load_split, model_dir_name
 from test_eval_tasks import make_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +125,7 @@ def test_resume_after_interruption(tasks_dir, embedded, tmp_path, tiny_checkpoin
         run(tasks_dir, tmp_path, tiny_checkpoint)
     root = tmp_path / MODEL_DIR
     assert not list(root.rglob(".done.embeddings")) and not list(root.rglob("*.tmp"))
+    assert embedded_task_dirs(root) == []
     finished = {f for batch in computed for f in batch}
     assert len(computed) == 4 and set(root.rglob("*.embedding.npy")) == finished
 
@@ -162,6 +163,7 @@ def test_two_process_torchrun_equals_one_process(tasks_dir, embedded, tmp_path, 
 
 
 def test_load_split(embedded):
+    assert [p.name for p in embedded_task_dirs(embedded / MODEL_DIR)] == ["event_demo-v0-full", "scene_demo-v0-full"]
     scene = load_split(embedded / MODEL_DIR / "scene_demo-v0-full", "fold01")
     assert scene.filenames == [f"fold01_{i}.wav" for i in range(5)]
     assert scene.embeddings.shape == (5, 960) and scene.embeddings.dtype == np.float32
