@@ -23,7 +23,8 @@ embeddings and `load_split` below reads embeddings made by heareval:
         <split>.target-labels.pkl             pickled list of the rows' labels
         <split>.filename-timestamps.json      event only: [[E/.../<split>/<file>, timestamp], ...]
         profile.embeddings.json               time_elapsed, gpu_max_mem, gpu_device_name (+ ours:
-                                              peak_rss_mb, files, files_per_second, world_size)
+                                              peak_rss_mb, files, files_per_second, batch_size,
+                                              world_size)
         .done.embeddings                      written last: the task is complete
 
 An event file's labels per timestamp are those of the events with start <= t < end + 0.0001 ms,
@@ -244,6 +245,28 @@ def merge_split(task: Task, split: str, outdir: Path, task_out: Path, prng: rand
 
 
 # ----------------------------------------------------------------------------------------------
+# Peak memory of this process per task (Linux: VmHWM, reset through /proc/self/clear_refs)
+
+def reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux or not allowed: the peak then counts from the process start
+        pass
+
+
+def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------------------
 # Distributed helpers (torchrun); a single process needs none of this
 
 @dataclass
@@ -287,6 +310,7 @@ def copy_task_files(task: Task, task_out: Path) -> None:
 def embed_task(loaded: LoadedModule, task: Task, task_out: Path, batch_size: Optional[int], dist: Dist) -> dict:
     """Embed one task into `task_out` (resuming); returns its profile (rank 0's is written)."""
     start = time.time()
+    reset_peak_rss()
     if loaded.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(loaded.device)
     if dist.rank == 0:
@@ -305,12 +329,17 @@ def embed_task(loaded: LoadedModule, task: Task, task_out: Path, batch_size: Opt
                 computed += len(names)
                 bar.update(len(names))
     dist.barrier()
+    if dist.rank == 0:
+        prng = random.Random()
+        prng.seed(0)
+        for split in task.splits:
+            merge_split(task, split, task_out / split, task_out, prng)
     elapsed = time.time() - start
     profile = {
         "time_elapsed": elapsed,
         "gpu_max_mem": torch.cuda.max_memory_allocated(loaded.device) if loaded.device.type == "cuda" else None,
         "gpu_device_name": torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda" else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process so far
+        "peak_rss_mb": peak_rss_mb(),  # rank 0's process during this task
         "files": sum(len(task.files(s)) for s in task.splits),
         "files_computed_by_rank0": computed,
         "files_per_second": computed * dist.world / elapsed if elapsed > 0 else None,
@@ -318,10 +347,6 @@ def embed_task(loaded: LoadedModule, task: Task, task_out: Path, batch_size: Opt
         "world_size": dist.world,
     }
     if dist.rank == 0:
-        prng = random.Random()
-        prng.seed(0)
-        for split in task.splits:
-            merge_split(task, split, task_out / split, task_out, prng)
         save_json(task_out / PROFILE_FILE, profile, indent=4)
         with atomic_write(task_out / DONE_FILE, "w"):
             pass
