@@ -88,7 +88,7 @@ from tqdm import tqdm
 
 from hear_msm_mae.atomic import atomic_write
 
-from .tasks import Event, Task, list_tasks, read_task
+from .tasks import Event, Task, TaskError, list_tasks, read_task
 
 DONE_FILE = ".done.embeddings"
 PROFILE_FILE = "profile.embeddings.json"
@@ -374,6 +374,7 @@ def embed_tasks(module: str, tasks_dir, embeddings_dir, model_path: Optional[str
     model_options = dict(model_options or {})
     dist = Dist.from_env()
     try:
+        import_module(module)  # a wrong module name fails before anything is written
         model_out = Path(embeddings_dir) / model_dir_name(module, model_options)
         model_out.mkdir(parents=True, exist_ok=True)
         check_run(model_out, {"module": module, "model": str(model_path) if model_path else None,
@@ -496,8 +497,13 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: model file not found: {args.model}")
     if args.batch_size is not None and args.batch_size < 1:
         raise SystemExit("error: --batch-size must be at least 1")
-    out = embed_tasks(args.module, args.tasks_dir, args.embeddings_dir, args.model, options, args.task,
-                      args.batch_size)
+    try:
+        out = embed_tasks(args.module, args.tasks_dir, args.embeddings_dir, args.model, options, args.task,
+                          args.batch_size)
+    except TaskError as e:
+        raise SystemExit(f"error: {e}") from None
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"error: cannot import the HEAR module {args.module!r}: {e}") from None
     print(out)
 
 

@@ -208,3 +208,17 @@ def test_model_dir_name_like_heareval_runner():
     slugify = pytest.importorskip("slugify").slugify
     options = {"Mode": "Reference X", "hop_ms": 40.0, "flag": True}
     assert model_dir_name("m", options) == "m-" + "-".join(f"{slugify(k)}={slugify(str(v))}" for k, v in options.items())
+
+
+def test_cli_errors_name_the_problem(tmp_path, tiny_checkpoint):
+    common = ["--embeddings-dir", str(tmp_path / "out"), "--model", str(tiny_checkpoint)]
+    with pytest.raises(SystemExit, match="tasks folder not found: .*nowhere"):
+        embed.main(["hear_msm_mae", "--tasks-dir", str(tmp_path / "nowhere")] + common)
+    with pytest.raises(SystemExit, match="cannot import the HEAR module 'no_such_module'"):
+        embed.main(["no_such_module", "--tasks-dir", str(tmp_path)] + common)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match="--model-options must be a JSON dict"):
+        embed.main(["hear_msm_mae", "--tasks-dir", str(tmp_path), "--model-options", "[1]"] + common)
+    with pytest.raises(SystemExit, match="model file not found"):
+        embed.main(["hear_msm_mae", "--tasks-dir", str(tmp_path), "--embeddings-dir", str(tmp_path),
+                    "--model", str(tmp_path / "missing.pth")])
