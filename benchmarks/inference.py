@@ -5,7 +5,7 @@
 All numbers come from one run, as ratios where the machine's load could matter:
   1. throughput (seconds of audio per wall second) of scene embeddings for batches of 10-s clips:
      the reference strategy (float32, eager attention, one encoder call per unit) vs this package
-     (bounded batches of units, scaled_dot_product_attention, bfloat16 autocast where fast);
+     (bounded batches of units, scaled_dot_product_attention, a bfloat16 encoder where bf16 is fast);
   2. default mode: cost per second of audio of 1-s clips relative to 10-s clips;
   3. peak RSS of one 20-minute clip (scene and timestamp embeddings), each in a fresh process,
      against a 5-minute clip: memory should be flat in duration;
@@ -48,15 +48,20 @@ def reference_scene_embeddings(model, audio):
     return torch.cat(frames, dim=1).mean(dim=1)
 
 
-def throughput(embed, audio, repeats):
-    """Seconds of audio per wall second (best of `repeats`, after one warm-up)."""
-    embed(audio[:1, :SR])
-    best = float("inf")
+def throughputs(strategies, repeats):
+    """{name: (embed, audio)} -> {name: seconds of audio per wall second}, best of `repeats`.
+
+    Rounds interleave the strategies, so a change in the machine's load hits all of them alike.
+    """
+    for embed, audio in strategies.values():
+        embed(audio[:1, :SR])  # warm-up
+    best = {name: float("inf") for name in strategies}
     for _ in range(repeats):
-        start = time.perf_counter()
-        embed(audio)
-        best = min(best, time.perf_counter() - start)
-    return audio.numel() / SR / best
+        for name, (embed, audio) in strategies.items():
+            start = time.perf_counter()
+            embed(audio)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: audio.numel() / SR / best[name] for name, (_, audio) in strategies.items()}
 
 
 def peak_rss_mb(checkpoint: Path, seconds: float, kind: str, threads: int) -> dict:
@@ -80,7 +85,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clips", type=int, default=8, help="10-s clips per batch")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,27 +97,27 @@ def main():
         fp32 = hear_msm_mae.load_model(checkpoint, device="cpu", dtype="float32")
         fast = hear_msm_mae.load_model(checkpoint, device="cpu")  # dtype auto
         reference = hear_msm_mae.load_model(checkpoint, device="cpu", dtype="float32", mode="reference")
-        print(f"threads {args.threads}; auto dtype here: {fast.compute_dtype()}")
+        print(f"threads {args.threads}; auto dtype here: {fast.compute_dtype}")
 
         audio10 = 0.1 * torch.randn(args.clips, 10 * SR)
         audio1 = 0.1 * torch.randn(args.clips * 10, SR)
+        scene = hear_msm_mae.get_scene_embeddings
+        default = f"batched units, {fast.compute_dtype} weights, SDPA (default)"
         with torch.inference_mode():
-            rows = {
+            rows = throughputs({
                 "reference strategy (fp32, eager, unit per call)":
-                    throughput(lambda a: reference_scene_embeddings(reference, a), audio10, args.repeats),
-                "batched units, fp32, SDPA":
-                    throughput(lambda a: hear_msm_mae.get_scene_embeddings(a, fp32), audio10, args.repeats),
-                f"batched units, {fast.compute_dtype()} autocast, SDPA (default)":
-                    throughput(lambda a: hear_msm_mae.get_scene_embeddings(a, fast), audio10, args.repeats),
-            }
-            one_second = throughput(lambda a: hear_msm_mae.get_scene_embeddings(a, fast), audio1, args.repeats)
+                    (lambda a: reference_scene_embeddings(reference, a), audio10),
+                "batched units, fp32, SDPA": (lambda a: scene(a, fp32), audio10),
+                default: (lambda a: scene(a, fast), audio10),
+                "1-s clips, default": (lambda a: scene(a, fast), audio1),
+            }, args.repeats)
+        one_second = rows.pop("1-s clips, default")
         base = next(iter(rows.values()))
         print("\n| 10-s clips, scene embeddings | audio s / wall s | vs reference |\n|---|---|---|")
         for name, value in rows.items():
             print(f"| {name} | {value:.1f} | {value / base:.2f}x |")
-        ten_second = list(rows.values())[-1]
-        print(f"\ndefault mode, cost per second of audio: 1-s clips / 10-s clips = {ten_second / one_second:.2f}"
-              f"  ({one_second:.1f} vs {ten_second:.1f} audio s / wall s)")
+        print(f"\ndefault mode, cost per second of audio: 1-s clips / 10-s clips = {rows[default] / one_second:.2f}"
+              f"  ({one_second:.1f} vs {rows[default]:.1f} audio s / wall s)")
 
         probe = 0.1 * torch.randn(4, 10 * SR)
         exact = hear_msm_mae.get_scene_embeddings(probe, fp32)
@@ -120,7 +125,7 @@ def main():
         frames_exact, _ = hear_msm_mae.get_timestamp_embeddings(probe, fp32)
         frames_approx, _ = hear_msm_mae.get_timestamp_embeddings(probe, fast)
         cosine = torch.nn.functional.cosine_similarity
-        print(f"{fast.compute_dtype()} vs float32 cosine: scene min {float(cosine(exact, approx).min()):.6f}, "
+        print(f"{fast.compute_dtype} vs float32 cosine: scene min {float(cosine(exact, approx).min()):.6f}, "
               f"timestamp frames min {float(cosine(frames_exact, frames_approx, dim=-1).min()):.6f}")
 
         if not args.skip_memory:

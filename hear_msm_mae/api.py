@@ -8,7 +8,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .checkpoint import build_model, load_checkpoint
-from .embedder import Embedder, EmbedderOptions
+from .embedder import Embedder, EmbedderOptions, resolve_dtype
 
 DEFAULT_CHECKPOINT_NAME = "msm_mae_default.pth"  # in the package hear_msm_mae.checkpoints
 
@@ -35,7 +35,7 @@ def load_model(model_file_path: Union[str, Path] = "", device: Optional[Union[st
     checkpoint = load_checkpoint(model_file_path or default_checkpoint())
     device = torch.device(device) if device is not None else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    encoder = build_model(checkpoint, decoder=False)
+    encoder = build_model(checkpoint, decoder=False).to(device, resolve_dtype(embedder_options.dtype, device))
     return Embedder(encoder, embedder_options, checkpoint.norm_stats).to(device).eval()
 
 

@@ -38,7 +38,8 @@ class EmbedderOptions:
     norm_mean: Optional[float] = None  # fixed statistics for the default mode; None: the checkpoint's,
     norm_std: Optional[float] = None  # or AudioSet's for checkpoints that store none
     timestamp_hop_ms: float = 40.0  # a whole number of 10 ms frames dividing the patch width
-    dtype: str = "auto"  # "auto" (bfloat16 where the hardware is fast at it), "float32", "bfloat16", "float16"
+    dtype: str = "auto"  # encoder weights and compute: "auto" (bfloat16 where the hardware is fast at it),
+    #                      "float32", "bfloat16", "float16"; the front end and the outputs are float32
     batch_units: int = 64  # encoder work per call, in full input units
 
     def __post_init__(self):
@@ -73,9 +74,16 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products are much faster than float32 here (AMX / avx512_bf16, sm80+)."""
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)[0] >= 8
     return device.type == "cpu" and _cpu_has_fast_bf16()
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if fast_bf16(device) else torch.float32
+    return DTYPES[name]
 
 
 class Embedder(nn.Module):
@@ -109,10 +117,10 @@ class Embedder(nn.Module):
     def device(self) -> torch.device:
         return self.encoder.pos_embed.device
 
+    @property
     def compute_dtype(self) -> torch.dtype:
-        if self.options.dtype == "auto":
-            return torch.bfloat16 if fast_bf16(self.device) else torch.float32
-        return DTYPES[self.options.dtype]
+        """The encoder's dtype (set by load_model from the dtype option)."""
+        return self.encoder.pos_embed.dtype
 
     # -- waveform -> normalised log-mel -------------------------------------------------------------
 
@@ -129,9 +137,7 @@ class Embedder(nn.Module):
 
     def encode_units(self, units: torch.Tensor) -> torch.Tensor:
         """(n, 1, F, w) with w a multiple of the patch width -> (n, w / pt, gf * D) in float32."""
-        dtype = self.compute_dtype()
-        with torch.autocast(units.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            tokens = self.encoder.forward_encoder(units)  # (n, [1 +] gf * cols, D)
+        tokens = self.encoder.forward_encoder(units.to(self.compute_dtype))  # (n, [1 +] gf * cols, D)
         tokens = tokens[:, int(self.encoder.config.use_cls_token):].float()
         n, cols = units.shape[0], units.shape[-1] // self.patch_frames
         # (n, gf * cols, D) frequency-major -> (n, cols, gf * D)

@@ -122,6 +122,8 @@ def test_finer_hop_is_real_resolution_not_repetition(tiny_checkpoint):
 def test_bfloat16_is_close_to_float32(tiny_checkpoint):
     audio = clips(3, 3.0)
     exact = hear_msm_mae.get_scene_embeddings(audio, load(tiny_checkpoint, dtype="float32"))
-    fast = hear_msm_mae.get_scene_embeddings(audio, load(tiny_checkpoint, dtype="bfloat16"))
+    model = load(tiny_checkpoint, dtype="bfloat16")
+    assert model.compute_dtype == torch.bfloat16 and model.frontend.mel_fbank.dtype == torch.float32
+    fast = hear_msm_mae.get_scene_embeddings(audio, model)
     assert fast.dtype == torch.float32
     assert float(torch.nn.functional.cosine_similarity(exact, fast).min()) > 0.999
