@@ -374,7 +374,9 @@ def embed_tasks(module: str, tasks_dir, embeddings_dir, model_path: Optional[str
     model_options = dict(model_options or {})
     dist = Dist.from_env()
     try:
-        import_module(module)  # a wrong module name fails before anything is written
+        if not Path(tasks_dir).is_dir():  # a wrong tasks folder or module name fails before anything is written
+            raise TaskError(f"tasks folder not found: {tasks_dir}")
+        import_module(module)
         model_out = Path(embeddings_dir) / model_dir_name(module, model_options)
         model_out.mkdir(parents=True, exist_ok=True)
         check_run(model_out, {"module": module, "model": str(model_path) if model_path else None,
