@@ -105,6 +105,12 @@ def test_bytes_equal_heareval_task_embeddings(tasks_dir, embedded, tmp_path, tin
     assert sorted(ours) == sorted(theirs)
     for name in ours:
         assert ours[name] == theirs[name], name
+    # and load_split reads heareval's output (its runner writes .done.embeddings after task_embeddings)
+    (theirs_root / "event_demo-v0-full" / ".done.embeddings").touch()
+    theirs_split = load_split(theirs_root / "event_demo-v0-full", "test")
+    ours_split = load_split(embedded / MODEL_DIR / "event_demo-v0-full", "test")
+    for a, b in zip(theirs_split.stacked(), ours_split.stacked()):
+        np.testing.assert_array_equal(a, b)
     # heareval's default batch size (84 for 1 s files) differs from ours (2): same numbers regardless
     assert json.loads((embedded / MODEL_DIR / "scene_demo-v0-full" / "profile.embeddings.json").read_text())[
         "batch_size"] == 2
