@@ -152,6 +152,8 @@ def clip_events(clip: Sequence[Note], start_ms: int, end_ms: int) -> List[Tuple[
     for note in clip:
         channel = PERCUSSION_CHANNEL if note.percussion else channel_of[note.program]
         on = start_ms + round(note.onset * 1000)
+        if on >= end_ms:
+            raise ValueError(f"{note} starts at or after the end of its clip ({(end_ms - start_ms) / 1000:g} s)")
         off = min(on + max(1, round(note.duration * 1000)), end_ms)
         events.append((on, bytes([0x90 | channel, note.pitch, note.velocity])))
         events.append((off, bytes([0x80 | channel, note.pitch, 0])))

@@ -61,6 +61,8 @@ def test_note_and_voice_validation():
         Voice("flite", "slt", pitch=40)
     with pytest.raises(ValueError, match="durations must be > 0"):
         render_clips([[Note(0, 60)]], [0.0])
+    with pytest.raises(ValueError, match="starts at or after the end of its clip"):
+        render_clips([[Note(0, 60, onset=1.0)]], [1.0])
     with pytest.raises(ValueError, match="non-empty text"):
         speak("  ", Voice("espeak-ng", "en-us"))
 
