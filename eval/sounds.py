@@ -18,7 +18,8 @@ Three kinds of real-sounding audio that need nothing downloaded at run time:
 
 Everything is deterministic: the engines are run without random effects (no reverb/chorus),
 and the `random_*` helpers draw only from the `numpy.random.Generator` they are given, so a
-seed fixes the result. Nothing here writes outside a temporary directory.
+seed fixes the result (for the same versions of the Debian packages). Nothing here writes
+outside a temporary directory. Needs scipy (polyphase resampling).
 
 Example (e.g. for a pre-training corpus)::
 

@@ -27,8 +27,11 @@ drawn independently of the count, so the count cannot be read off the loudness. 
 are real Hydrogen drum-kit samples placed at known times in coloured noise; an event ends where
 the hit's envelope has fallen 40 dB below its peak.
 
-Each task folder is written under a temporary name and renamed when complete, so a killed run
-never leaves a half-written task; an existing task folder of the same name is replaced.
+Full mode: 528 + 400 + 200 + 200 files (1 s, 1 s, 3 s and 4 s), 74 MB, about a minute on two
+cores; tiny mode: a few seconds. The same seed gives the same bytes (with the same versions of
+the Debian packages). Each task folder is written under a temporary name and renamed when
+complete, so a killed run never leaves a half-written task; an existing task folder of the same
+name is replaced.
 """
 from __future__ import annotations
 
