@@ -1,0 +1,1 @@
+"""MSM-MAE pre-training: log-mel cache (data), training loop (trainer), offline corpus recipe."""
