@@ -35,7 +35,7 @@ def load_model(model_file_path: Union[str, Path] = "", device: Optional[Union[st
     checkpoint = load_checkpoint(model_file_path or default_checkpoint())
     device = torch.device(device) if device is not None else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    encoder = build_model(checkpoint, decoder=False).to(device, resolve_dtype(embedder_options.dtype, device))
+    encoder = build_model(checkpoint, decoder=False, device=device, dtype=resolve_dtype(embedder_options.dtype, device))
     return Embedder(encoder, embedder_options, checkpoint.norm_stats).to(device).eval()
 
 

@@ -45,9 +45,12 @@ def read_file(path) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's format; older pickles cannot be memory-mapped
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            contents = torch.load(path, map_location="cpu", weights_only=True)
+            # Memory-mapped: only the tensors that are used (e.g. not the decoder) are ever read.
+            contents = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path}: refused to load: it holds Python objects other than tensors, plain containers "
                          f"and argparse.Namespace, and unpickling them could run code. Loader said: "
@@ -137,11 +140,17 @@ def load_checkpoint(path) -> Checkpoint:
     return Checkpoint(path, config, state_dict, norm_stats, rest)
 
 
-def build_model(checkpoint: Checkpoint, decoder: bool = False) -> MaskedAutoencoder:
-    """A MaskedAutoencoder with the checkpoint's weights (decoder only if asked for and present)."""
+def build_model(checkpoint: Checkpoint, decoder: bool = False, device="cpu",
+                dtype: torch.dtype = torch.float32) -> MaskedAutoencoder:
+    """A MaskedAutoencoder with the checkpoint's weights on `device` in `dtype` (decoder if asked for).
+
+    The model is built on the meta device and takes copies of the loaded tensors, so the weights
+    are allocated once, in their final place, and never alias the memory-mapped file.
+    """
     if decoder and not checkpoint.has_decoder:
         raise ValueError(f"{checkpoint.path}: has no decoder weights (encoder-only checkpoint)")
-    model = MaskedAutoencoder(checkpoint.config, decoder=decoder)
+    with torch.device("meta"):
+        model = MaskedAutoencoder(checkpoint.config, decoder=decoder)
     expected = model.state_dict()
     given = {k: v for k, v in checkpoint.state_dict.items() if k in expected}
     missing = sorted(set(expected) - set(given))
@@ -154,7 +163,7 @@ def build_model(checkpoint: Checkpoint, decoder: bool = False) -> MaskedAutoenco
     if problems:
         raise ValueError(f"{checkpoint.path}: weights do not fit the configuration {checkpoint.config}: "
                          + "; ".join(problems))
-    model.load_state_dict(given)
+    model.load_state_dict({k: v.to(device, dtype, copy=True) for k, v in given.items()}, assign=True)
     return model
 
 
