@@ -152,30 +152,27 @@ class Embedder(nn.Module):
         """
         n_clips, n_mels, total = lms.shape
         unit, pt = self.unit_frames, self.patch_frames
+        cols = unit // pt  # patch columns per full unit
+        batch = self.options.batch_units  # full units per encoder call
         full_units, rest = divmod(total, unit)
-        tail = 0
-        if rest:
-            tail = unit if self.options.mode == "reference" else math.ceil(rest / pt) * pt
-        budget = self.options.batch_units * unit  # frames of encoder input per call
 
-        units_per_call = max(1, budget // unit)
-        clips_per_call = max(1, min(n_clips, budget // unit))
+        clips_per_call = min(n_clips, batch)
         for c0 in range(0, n_clips, clips_per_call):
             clips = slice(c0, min(c0 + clips_per_call, n_clips))
-            per_call = max(1, units_per_call // (clips.stop - c0))
-            for u0 in range(0, full_units, per_call):
-                u1 = min(u0 + per_call, full_units)
+            units_per_clip = max(1, batch // (clips.stop - c0))
+            for u0 in range(0, full_units, units_per_clip):
+                u1 = min(u0 + units_per_clip, full_units)
                 x = lms[clips, :, u0 * unit:u1 * unit]  # (b, F, k * W)
                 b, k = x.shape[0], u1 - u0
                 x = x.reshape(b, n_mels, k, unit).transpose(1, 2).reshape(b * k, 1, n_mels, unit)
-                emb = self.encode_units(x)  # (b * k, W / pt, E)
-                yield clips, u0 * (unit // pt), emb.reshape(b, k * (unit // pt), -1)
-        if tail:
-            x = nn.functional.pad(lms[:, :, full_units * unit:], (0, tail - rest)).unsqueeze(1)
-            clips_per_call = max(1, budget // tail)
+                yield clips, u0 * cols, self.encode_units(x).reshape(b, k * cols, -1)
+        if rest:
+            width = unit if self.options.mode == "reference" else math.ceil(rest / pt) * pt
+            x = nn.functional.pad(lms[:, :, full_units * unit:], (0, width - rest)).unsqueeze(1)  # (B, 1, F, w)
+            clips_per_call = max(1, batch * unit // width)
             for c0 in range(0, n_clips, clips_per_call):
                 clips = slice(c0, min(c0 + clips_per_call, n_clips))
-                yield clips, full_units * (unit // pt), self.encode_units(x[clips])
+                yield clips, full_units * cols, self.encode_units(x[clips])
 
     # -- embeddings ---------------------------------------------------------------------------------
 
