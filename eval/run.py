@@ -1,0 +1,173 @@
+"""The whole evaluation in one command: embed every task, train the downstream models, score, report.
+
+    python -m eval.run --tasks-dir T --module hear_msm_mae [--model CKPT] [--model-options JSON]
+                       --out DIR [--protocol linear|hear|both] [--tasks FOLDER ...] [--hop-comparison]
+    python -m eval.run --demo --out DIR [--model CKPT] [--protocol ...]
+
+The first form evaluates any HEAR module (ours with any checkpoint and options, or e.g. hearbaseline)
+on HEAR-format task folders (the HEAR 2021 tasks at 16 kHz); `--protocol hear` is the official HEAR
+2021 MLP protocol (eval.hear_protocol), `linear` the logistic-regression probe (eval.linear_probe).
+The demo builds the small synthetic tasks (eval.synthetic) into DIR/tasks and evaluates the bundled
+checkpoint (or --model) on them with the linear probe unless --protocol says otherwise.
+
+`--hop-comparison` (always on in the demo, for hear_msm_mae): the event tasks are embedded again with
+native 160 ms timestamp frames (model option timestamp_hop_ms=160) and scored beside the module's
+default hop (40 ms) with onset F-measures at 50 ms and 200 ms collars.
+
+Output, all resumable (a re-run skips finished embeddings and finished task results):
+    DIR/embeddings/<module+options>/<task>/     hear-eval-kit's embedding format (eval.embed)
+    DIR/results/<run>/<task>.<protocol>.json    one task's scores (per fold, mean and std), settings
+    DIR/results.json                            every result of this run
+    DIR/results.md, results.csv, results.png    tables and chart beside the HEAR 2021 leaderboard
+    DIR/timestamp_resolution.md                 the hop comparison, when made
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from hear_msm_mae.atomic import atomic_write
+
+from .embed import DONE_FILE, embed_tasks, model_dir_name
+from .hear_protocol import ProtocolConfig, load_task_data, run_protocol
+from .linear_probe import ProbeConfig, run_linear_probe
+from .report import write_report
+
+PROTOCOLS = {"linear": ("linear",), "hear": ("hear",), "both": ("linear", "hear")}
+NATIVE_HOP_MS = 160.0  # one 16-frame MSM-MAE patch column
+
+
+def save_json(path: Path, obj) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def evaluate_embeddings(model_out: Path, results_dir: Path, protocols, config: ProtocolConfig,
+                        tasks: Optional[List[str]] = None) -> List[dict]:
+    """Run the downstream protocols on every embedded task under `model_out`; results are cached per task."""
+    task_dirs = sorted(p for p in model_out.iterdir() if (p / DONE_FILE).exists())
+    if tasks:
+        task_dirs = [p for p in task_dirs if p.name in set(tasks)]
+    results = []
+    for task_dir in task_dirs:
+        data = None
+        for protocol in protocols:
+            path = results_dir / f"{task_dir.name}.{protocol}.json"
+            if path.exists():
+                results.append(json.loads(path.read_text()))
+                continue
+            data = data or load_task_data(task_dir)
+            start = time.perf_counter()
+            result = run_protocol(data, config) if protocol == "hear" else run_linear_probe(data, ProbeConfig())
+            primary = result["scores"][result["primary_score"]]
+            print(f"{task_dir.name} [{protocol}]: {result['primary_score']} {primary['mean']:.3f} ± "
+                  f"{primary['std']:.3f} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+            save_json(path, result)
+            results.append(result)
+    return results
+
+
+def run_name(module: str, model: Optional[str], options: Dict) -> str:
+    name = model_dir_name(module, options)
+    return f"{name}@{Path(model).stem}" if model else name
+
+
+def hop_comparison(default: List[dict], native: List[dict]) -> str:
+    """Markdown: onset F-measures of the event tasks at the default hop and at native 160 ms frames."""
+    lines = ["| task | protocol | timestamp hop | onset F (50 ms) | onset F (200 ms) |", "|---|---|---|---|---|"]
+    for hop, results in (("40 ms (default)", default), (f"{NATIVE_HOP_MS:g} ms (native)", native)):
+        for r in results:
+            cells = [r["scores"].get(k) for k in ("event_onset_50ms_fms", "event_onset_200ms_fms")]
+            if any(cells):
+                text = [f"{c['mean']:.3f} ± {c['std']:.3f}" if c else "–" for c in cells]
+                lines.append(f"| {r['task']} | {r['protocol']} | {hop} | {text[0]} | {text[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--demo", action="store_true", help="build the synthetic tasks and evaluate on them")
+    parser.add_argument("--tiny", action="store_true", help="demo with the tiny synthetic tasks (for tests)")
+    parser.add_argument("--tasks-dir", type=Path, help="folder of HEAR task folders")
+    parser.add_argument("--tasks", nargs="+", help="task folder names to evaluate (default: all)")
+    parser.add_argument("--module", default="hear_msm_mae", help="HEAR module (default: hear_msm_mae)")
+    parser.add_argument("--model", default=None, help="model weights for load_model (default: the module's)")
+    parser.add_argument("--model-options", default="{}", help="JSON dict of keyword arguments for load_model")
+    parser.add_argument("--protocol", choices=list(PROTOCOLS), default=None,
+                        help="downstream models (default: both; linear in the demo)")
+    parser.add_argument("--hop-comparison", action="store_true",
+                        help="also score event tasks with 160 ms timestamp frames (hear_msm_mae)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="precision of the HEAR protocol's MLP matmuls")
+    args = parser.parse_args(argv)
+
+    try:
+        options = json.loads(args.model_options)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: --model-options is not JSON: {e}") from None
+    if not isinstance(options, dict):
+        raise SystemExit("error: --model-options must be a JSON dict")
+    if args.model is not None and not Path(args.model).is_file():
+        raise SystemExit(f"error: model file not found: {args.model}")
+    if args.demo:
+        from . import synthetic
+
+        if args.module != "hear_msm_mae":
+            raise SystemExit("error: the demo evaluates hear_msm_mae")
+        if args.model is None:
+            from hear_msm_mae import default_checkpoint
+            try:
+                default_checkpoint()
+            except FileNotFoundError as e:
+                raise SystemExit(f"error: {e}; give the demo a checkpoint with --model") from None
+        tasks_dir = args.out / "tasks"
+        mode = "tiny" if args.tiny else "full"
+        if not all((tasks_dir / f"{name}-{synthetic.VERSION}-{mode}" / "task_metadata.json").exists()
+                   for name in synthetic.TASKS):
+            synthetic.generate(tasks_dir, tiny=args.tiny)
+        protocols = PROTOCOLS[args.protocol or "linear"]
+        compare_hops = True
+    else:
+        if args.tasks_dir is None or not args.tasks_dir.is_dir():
+            raise SystemExit(f"error: --tasks-dir must be a folder of HEAR tasks, got {args.tasks_dir}")
+        tasks_dir = args.tasks_dir
+        protocols = PROTOCOLS[args.protocol or "both"]
+        compare_hops = args.hop_comparison
+    if compare_hops and args.module != "hear_msm_mae":
+        raise SystemExit("error: --hop-comparison needs hear_msm_mae (model option timestamp_hop_ms)")
+
+    config = ProtocolConfig(device="cuda" if torch.cuda.is_available() else "cpu", dtype=args.dtype)
+    embeddings_dir = args.out / "embeddings"
+    name = run_name(args.module, args.model, options)
+    model_out = embed_tasks(args.module, tasks_dir, embeddings_dir, args.model, options, args.tasks)
+    runs = {name: evaluate_embeddings(model_out, args.out / "results" / name, protocols, config, args.tasks)}
+    if compare_hops:
+        event_tasks = sorted({r["task"] for r in runs[name]
+                              if {"event_onset_50ms_fms", "event_onset_200ms_fms"} & set(r["scores"])})
+        if event_tasks:
+            native_options = {**options, "timestamp_hop_ms": NATIVE_HOP_MS}
+            native_out = embed_tasks(args.module, tasks_dir, embeddings_dir, args.model, native_options, event_tasks)
+            native_name = f"{name}, hop {NATIVE_HOP_MS:g} ms"
+            runs[native_name] = evaluate_embeddings(
+                native_out, args.out / "results" / run_name(args.module, args.model, native_options), protocols,
+                config, event_tasks)
+            with atomic_write(args.out / "timestamp_resolution.md", "w") as f:
+                f.write(hop_comparison([r for r in runs[name] if r["task"] in event_tasks], runs[native_name]))
+    save_json(args.out / "results.json", {"run": name, "module": args.module, "model": args.model,
+                                          "model_options": options, "results": runs[name]})
+    for kind, path in write_report(runs, args.out).items():
+        print(f"{kind}: {path}")
+    if compare_hops and (args.out / "timestamp_resolution.md").exists():
+        print(f"timestamp resolution: {args.out / 'timestamp_resolution.md'}")
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

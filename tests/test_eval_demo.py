@@ -1,0 +1,45 @@
+"""`python -m eval.run --demo` end to end on the tiny synthetic tasks with the tiny golden checkpoint."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from eval import run
+
+GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "80x208p16x16_tiny" / "checkpoint-99.pth"
+
+
+@pytest.mark.skipif(not GOLDEN.exists(), reason="needs ../shared/golden")
+def test_demo_end_to_end(tmp_path, capsys):
+    run.main(["--demo", "--tiny", "--out", str(tmp_path), "--model", str(GOLDEN)])
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert sorted(r["task"] for r in results) == ["synth_drum_events-v1-tiny", "synth_pitch-v1-tiny",
+                                                  "synth_speaker_count-v1-tiny", "synth_words-v1-tiny"]
+    for r in results:
+        assert r["protocol"] == "linear"
+        assert 0.0 <= r["scores"][r["primary_score"]]["mean"] <= 1.0
+    kfold = next(r for r in results if r["task"] == "synth_words-v1-tiny")
+    assert [f["test"] for f in kfold["folds"]] == ["fold00", "fold01", "fold02"]
+    table = (tmp_path / "results.md").read_text()
+    assert "synth_pitch-v1-tiny" in table and "best HEAR 2021" in table and "hop 160 ms" in table
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["score"] for row in rows} >= {"pitch_acc", "chroma_acc", "top1_acc", "event_onset_50ms_fms"}
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    hops = (tmp_path / "timestamp_resolution.md").read_text()
+    assert "40 ms (default)" in hops and "160 ms (native)" in hops
+    # a second run reuses embeddings and results: same table
+    run.main(["--demo", "--tiny", "--out", str(tmp_path), "--model", str(GOLDEN)])
+    assert (tmp_path / "results.md").read_text() == table
+
+
+def test_run_rejects_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit, match="model-options"):
+        run.main(["--tasks-dir", str(tmp_path), "--out", str(tmp_path), "--model-options", "{oops"])
+    with pytest.raises(SystemExit, match="tasks-dir"):
+        run.main(["--tasks-dir", str(tmp_path / "missing"), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="model file not found"):
+        run.main(["--demo", "--out", str(tmp_path), "--model", str(tmp_path / "none.pth")])
