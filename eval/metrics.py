@@ -76,14 +76,11 @@ def d_prime(predictions: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(stats.norm().ppf(auc) * np.sqrt(2.0)))
 
 
-def _sed_eval_container(events: Events):
+def _sed_eval_container(filename: str, events: List[dict]):
     from dcase_util.containers import MetaDataContainer
 
-    return MetaDataContainer([
-        {"event_label": str(e["label"]), "event_onset": e["start"] / 1000.0, "event_offset": e["end"] / 1000.0,
-         "file": filename}
-        for filename, file_events in events.items() for e in file_events
-    ])
+    return MetaDataContainer([{"event_label": str(e["label"]), "event_onset": e["start"] / 1000.0,
+                               "event_offset": e["end"] / 1000.0, "file": filename} for e in events])
 
 
 def _sed_eval_overall(predicted: Events, target: Events, labels: Sequence[str], *, segment_based: bool,
@@ -96,10 +93,9 @@ def _sed_eval_overall(predicted: Events, target: Events, labels: Sequence[str], 
         metric_class = (sed_eval.sound_event.SegmentBasedMetrics if segment_based
                         else sed_eval.sound_event.EventBasedMetrics)
         metrics = metric_class(event_label_list=[str(label) for label in labels], **params)
-        reference, estimated = _sed_eval_container(target), _sed_eval_container(predicted)
-        for filename in predicted:
-            metrics.evaluate(reference_event_list=reference.filter(filename=filename),
-                             estimated_event_list=estimated.filter(filename=filename))
+        for filename in predicted:  # hear-eval-kit: the files with predictions, one at a time
+            metrics.evaluate(reference_event_list=_sed_eval_container(filename, target.get(filename, [])),
+                             estimated_event_list=_sed_eval_container(filename, predicted[filename]))
         overall = metrics.results_overall_metrics()
     return {name: float(value) for group in overall.values() for name, value in group.items()}
 
