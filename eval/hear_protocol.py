@@ -4,8 +4,9 @@ What it does, as hear-eval-kit does it:
 - an MLP on the frozen embeddings: 1 or 2 hidden layers of 1024, each Linear -> BatchNorm -> Dropout(0.1)
   -> ReLU, then a Linear projection; Xavier (uniform or normal) weights, gain 1 for the first layer and
   sqrt(2) after a ReLU; Adam; softmax + cross-entropy (multiclass) or sigmoid + BCE (multilabel);
-- mini-batches of 1024 in file order (hear-eval-kit never shuffles: its loader only shuffles a split
-  named "train" given as a string, and it always passes a list);
+- mini-batches of 1024 over the training rows in one fixed random order (hear-eval-kit's rows are its
+  memmap's, files in random order, and its loader never reshuffles: it only shuffles a split named
+  "train" given as a string, and it always passes a list);
 - 8 of the 16 grid points {lr} x {hidden layers} x {initialisation}, drawn by `random.shuffle` of
   sklearn's `ParameterGrid` order after seeding Python's `random` with 42, as `seed_everything(42)` does;
 - every grid point trained on the first data split and ranked by its best validation primary score; the
@@ -19,9 +20,12 @@ What it does, as hear-eval-kit does it:
   250 ms, threshold 0.5, events shorter than 125 or 250 ms dropped, chosen on validation at each check).
 
 How it differs, for speed: all grid points of one depth train together as one batched model (stacked
-weights, `torch.baddbmm`, per-model BatchNorm statistics and Adam learning rates); no Lightning, no
-checkpoint files (the best weights of each model are kept in memory). Random draws (initialisation,
-dropout) come from torch's generator seeded per task, so scores match hear-eval-kit's in distribution, not bit for bit.
+weights, `torch.baddbmm`, per-model BatchNorm statistics, fused Adam with a learning rate per model),
+and models leave the stack as they stop; no Lightning, no data loader, no checkpoint files (the best
+weights of each model are kept in memory); matmuls in bfloat16 where the hardware is fast at it
+(`ProtocolConfig.dtype`, "auto": AMX CPUs, sm80+ GPUs), BatchNorm, losses and Adam in float32.
+Random draws (initialisation, dropout) come from torch's generator seeded per task, so scores match
+hear-eval-kit's in distribution, not bit for bit.
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import median_filter
 from sklearn.model_selection import ParameterGrid
+
+from hear_msm_mae.embedder import resolve_dtype
 
 from .embed import SceneSplit, load_split, read_embedded_task
 from .metrics import Events, Score, get_score
@@ -125,7 +131,7 @@ class ProtocolConfig:
     train_seed: int = 0
     threshold: float = 0.5
     device: str = "cpu"
-    dtype: str = "float32"  # "bfloat16": matmuls under autocast (AMX / tensor cores)
+    dtype: str = "auto"  # of the matmuls: "bfloat16" (autocast) | "float32" | "auto": bf16 where it is fast
     eval_batch_size: int = 65536
 
 
@@ -377,8 +383,9 @@ class Trainer:
         self.use_scoring = data.metadata.get("use_scoring_for_early_stopping", True)
         if data.is_event_task and not self.use_scoring and len(self.scorer.postprocessing_grid) != 1:
             raise ValueError("a task that stops on the validation loss needs exactly one event post-processing")
-        self.autocast = torch.autocast(torch.device(config.device).type, dtype=torch.bfloat16,
-                                       enabled=config.dtype == "bfloat16")
+        device = torch.device(config.device)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                                       enabled=resolve_dtype(config.dtype, device) == torch.bfloat16)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.float32), device=self.config.device)

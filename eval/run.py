@@ -104,8 +104,8 @@ def main(argv=None) -> None:
                         help="downstream models (default: both; linear in the demo)")
     parser.add_argument("--hop-comparison", action="store_true",
                         help="also score event tasks with 160 ms timestamp frames (hear_msm_mae)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="precision of the HEAR protocol's MLP matmuls")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="precision of the HEAR protocol's MLP matmuls (auto: bfloat16 where it is fast)")
     args = parser.parse_args(argv)
 
     try:
