@@ -468,6 +468,9 @@ class Trainer:
             if stopped.any():
                 model.keep(~stopped)
                 running = [g for row, g in enumerate(running) if not stopped[row]]
+        if any(r.epoch < 0 for r in results):
+            raise ValueError(f"max_epochs {conf['max_epochs']} < check_val_every_n_epoch "
+                             f"{conf['check_val_every_n_epoch']}: no validation check, no model to test")
         return results
 
     def test(self, result: ModelResult, test: SplitData) -> Dict[str, float]:

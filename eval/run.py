@@ -122,7 +122,7 @@ def main(argv=None) -> None:
         if args.module != "hear_msm_mae":
             raise SystemExit("error: the demo evaluates hear_msm_mae")
         if args.model is None:
-            from hear_msm_mae import default_checkpoint
+            from hear_msm_mae.api import default_checkpoint
             try:
                 default_checkpoint()
             except FileNotFoundError as e:
