@@ -187,7 +187,7 @@ def concat_splits(data: TaskData, names: Sequence[str], shuffle_seed: Optional[i
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Event post-processing (hear-eval-kit's create_events_from_prediction, for all files and models at once)
+# Event post-processing (hear-eval-kit's create_events_from_prediction, vectorised per file)
 
 class EventDecoder:
     """Turns per-timestamp probabilities of one split into events, file by file."""
