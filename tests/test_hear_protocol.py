@@ -68,7 +68,7 @@ def gaussian_split(rng, centers, n):
     return hp.SplitData(x.astype(np.float32), np.eye(len(centers), dtype=np.float32)[k])
 
 
-FAST = {"evaluation_params": {"task_specific_param_grid": {"max_epochs": [12], "patience": [2]}}}
+FAST = {"evaluation_params": {"task_specific_param_grid": {"max_epochs": [12], "patience": [2], "hidden_dim": [64]}}}
 
 
 def test_fold_rotation_and_tiny_kfold_task_above_chance():
@@ -133,7 +133,8 @@ def test_early_stopping_after_patience_checks_without_improvement():
     noise = hp.SplitData(rng.normal(size=(60, 16)).astype(np.float32),
                          np.eye(4, dtype=np.float32)[rng.integers(0, 4, 60)])  # nothing to learn
     data = hp.TaskData(task, {"train": noise, "valid": noise, "test": gaussian_split(rng, centers, 20)})
-    conf = dict(hp.sample_grid_points(hp.PARAM_GRID, 1)[0], patience=3, check_val_every_n_epoch=2, max_epochs=200)
+    conf = dict(hp.sample_grid_points(hp.PARAM_GRID, 1)[0], patience=3, check_val_every_n_epoch=2, max_epochs=200,
+                hidden_dim=64)
     torch.manual_seed(0)
     (result,) = hp.Trainer(data, hp.ProtocolConfig()).train([conf], noise, noise)
     # a check every 2 epochs; stop at the 3rd check after the best one
@@ -186,7 +187,9 @@ def test_tiny_event_task_above_chance():
         return hp.SplitData(np.concatenate(rows).astype(np.float32), np.concatenate(targets).astype(np.float32),
                             names, np.concatenate(times), events)
 
-    task = make_task("event", n_labels=2, evaluation=("event_onset_200ms_fms", "segment_1s_er"), **FAST)
+    grid = {"max_epochs": [60], "patience": [5], "hidden_dim": [64], "lr": [3.2e-3]}
+    task = make_task("event", n_labels=2, evaluation=("event_onset_200ms_fms", "segment_1s_er"),
+                     evaluation_params={"task_specific_param_grid": grid})
     task.labels[:] = ["a", "b"]
     data = hp.TaskData(task, {"train": split(12), "valid": split(4), "test": split(4)})
     result = hp.run_protocol(data, hp.ProtocolConfig(grid_points=1))
