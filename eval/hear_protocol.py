@@ -361,10 +361,12 @@ class Scorer:
         if decoder is None:
             return {s.name: s.fn(probabilities, split.targets) for s in scores}, ()
         options = [postprocessing] if postprocessing is not None else self.postprocessing_grid
+        # validation checks: the primary score's sed_eval-free twin where it has one (same value, tested)
+        primary_fn = self.primary.fn if all_scores else (self.primary.fast_fn or self.primary.fn)
         candidates = []  # (primary with NaN as 0, post-processing, primary, events)
         for option in options:
             events = decoder.decode(probabilities, **dict(option))
-            primary = self.primary.fn(events, split.events, self.data.labels)
+            primary = primary_fn(events, split.events, self.data.labels)
             candidates.append((0.0 if math.isnan(primary) else primary, option, primary, events))
         # hear-eval-kit sorts (score, post-processing) pairs descending and takes the first
         _, option, primary, events = max(candidates, key=lambda c: (c[0], c[1]))

@@ -97,3 +97,38 @@ def test_is_better_treats_nan_as_worst():
 def test_unknown_score_named():
     with pytest.raises(ValueError, match="bogus"):
         metrics.get_score("bogus")
+
+
+def random_events(rng, n_files, labels, mean_events):
+    events = {}
+    for f in range(n_files):
+        file_events = []
+        for _ in range(rng.poisson(mean_events)):
+            start = float(np.round(rng.uniform(0, 5000), 1))
+            file_events.append({"label": str(rng.choice(labels)), "start": start,
+                                "end": start + float(np.round(rng.uniform(20, 800), 1))})
+        events[f"f{f}.wav"] = file_events
+    return events
+
+
+@pytest.mark.parametrize("name", ["event_onset_200ms_fms", "event_onset_50ms_fms",
+                                  "event_onset_offset_50ms_20perc_fms"])
+def test_fast_event_fms_equals_sed_eval(name):
+    """The validation-time F-measure (no sed_eval) is sed_eval's, on random and jittered predictions."""
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "c"]
+    score = metrics.get_score(name)
+    for trial in range(6):
+        target = random_events(rng, 8, labels, 4)
+        predicted = random_events(rng, 8, labels, 3)
+        for f, events in target.items():  # near misses and hits: jittered copies of reference events
+            for e in events:
+                if rng.random() < 0.6:
+                    shift = float(np.round(rng.normal(0, 60), 1))
+                    predicted[f].append({"label": e["label"], "start": e["start"] + shift,
+                                         "end": e["end"] + float(np.round(rng.normal(0, 80), 1))})
+        if trial == 5:
+            predicted = {f: [] for f in predicted}  # no predictions at all: NaN in both
+        expected = score.fn(predicted, target, labels)
+        fast = score.fast_fn(predicted, target, labels)
+        assert (math.isnan(expected) and math.isnan(fast)) or fast == pytest.approx(expected, abs=1e-12)
