@@ -43,3 +43,16 @@ def test_run_rejects_bad_arguments(tmp_path):
         run.main(["--tasks-dir", str(tmp_path / "missing"), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="model file not found"):
         run.main(["--demo", "--out", str(tmp_path), "--model", str(tmp_path / "none.pth")])
+
+
+def test_leaderboard_references():
+    from eval import report
+
+    refs = report.references(report.read_leaderboard())
+    assert refs["CREMA-D"].paper == pytest.approx(0.734) and refs["Libricount"].paper == pytest.approx(0.858)
+    assert refs["CREMA-D"].wav2vec2 == pytest.approx(0.656224477)
+    assert refs["NSynth Pitch 5h"].crepe == pytest.approx(0.870000005)
+    # best of the 2021 submissions only: the 2023 entries (e.g. RedRice ced_*) are left out
+    assert (refs["ESC-50"].best_2021, refs["ESC-50"].best_2021_model) == (pytest.approx(0.947499991),
+                                                                          "CP-JKU PaSST base")
+    assert all(not ref.best_2021_model.startswith("RedRice ced") for ref in refs.values())
