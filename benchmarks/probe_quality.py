@@ -6,15 +6,15 @@ Builds the small labelled HEAR-format tasks of eval.synthetic (pitch, spoken wor
 drum events; made once under --tasks-dir) and fits the same linear probe on three feature sets:
 
   pretrained   scene embeddings of the checkpoint (event task: its timestamp embeddings)
-  random       the same architecture with random weights (same seed-0 initialisation as pre-training)
+  random       the same architecture with random weights (MAE initialisation, seed 0)
   log-mel      mean and standard deviation over time of each of the 80 log-mel bins (event task:
                over the same 160 ms window a timestamp embedding covers)
 
-Probe: standardised features, logistic regression (one-vs-rest for the multi-label event frames),
-C chosen on the validation split from a fixed grid, scored on the test split; k-fold tasks average
-over the folds as hear-eval-kit rotates them. Scene tasks report accuracy, the event task frame-level
-mean average precision over its labels at an 80 ms hop. All three feature sets go through the same
-code in one run; the table is printed and written as JSON.
+Probe: eval.linear_probe, the project's logistic-regression probe under the HEAR protocol (features
+standardised on the training rows, C chosen on the validation split, scored on the test split with
+the task's primary metric; k-fold tasks averaged over the folds as hear-eval-kit rotates them; the
+event task on frames at a 40 ms hop, decoded into events and scored by onset F-measure). All three
+feature sets go through the same code in one run; the table is printed and written as JSON.
 """
 from __future__ import annotations
 
@@ -23,20 +23,19 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Tuple, Union
 
 import numpy as np
 import soundfile
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
-from sklearn.multiclass import OneVsRestClassifier
-from sklearn.preprocessing import StandardScaler
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from eval import synthetic  # noqa: E402
+from eval.embed import labels_at_timestamps, multi_hot  # noqa: E402
+from eval.hear_protocol import SplitData, TaskData  # noqa: E402
+from eval.linear_probe import run_linear_probe  # noqa: E402
 from eval.tasks import Task, list_tasks  # noqa: E402
 from hear_msm_mae.api import default_checkpoint, load_model  # noqa: E402
 from hear_msm_mae.checkpoint import load_checkpoint  # noqa: E402
@@ -44,8 +43,7 @@ from hear_msm_mae.embedder import Embedder, EmbedderOptions  # noqa: E402
 from hear_msm_mae.frontend import LogMelSpectrogram  # noqa: E402
 from hear_msm_mae.model import MaskedAutoencoder  # noqa: E402
 
-HOP_MS = 80.0  # event task frame hop
-C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+HOP_FRAMES = 4  # event task: one row every 40 ms (10 ms frames), the HEAR module's default hop
 # (n, S) audio -> scene (n, D), or for the event task (frames (n, t, D), frame centres (t,) in ms)
 Features = Callable[[torch.Tensor], Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]]
 
@@ -53,7 +51,7 @@ Features = Callable[[torch.Tensor], Union[np.ndarray, Tuple[np.ndarray, np.ndarr
 # -- feature sets ----------------------------------------------------------------------------------------
 
 def embedder_features(model: Embedder, event: bool) -> Features:
-    def features(audio: torch.Tensor) -> np.ndarray:
+    def features(audio: torch.Tensor):
         with torch.inference_mode():
             if not event:
                 return model.scene_embeddings(audio).numpy()
@@ -62,94 +60,49 @@ def embedder_features(model: Embedder, event: bool) -> Features:
     return features
 
 
-def log_mel_features(event: bool, window_frames: int = 16, hop_frames: int = 8) -> Features:
+def log_mel_features(event: bool, window_frames: int = 16) -> Features:
+    """Mean and std over time of each log-mel bin: of the clip, or of 160 ms windows every 40 ms."""
     frontend = LogMelSpectrogram()
 
-    def features(audio: torch.Tensor) -> np.ndarray:
+    def features(audio: torch.Tensor):
         lms = frontend(audio)  # (n, 80, T)
         if not event:
             return torch.cat([lms.mean(-1), lms.std(-1)], dim=1).numpy()
-        windows = lms.unfold(-1, window_frames, hop_frames)  # (n, 80, t, 16): frames [i * 8, i * 8 + 16)
-        centres = (np.arange(windows.shape[2]) * hop_frames + (window_frames - 1) / 2) * 10.0  # ms
+        windows = lms.unfold(-1, window_frames, HOP_FRAMES)  # (n, 80, t, 16)
+        centres = (np.arange(windows.shape[2]) * HOP_FRAMES + (window_frames - 1) / 2) * 10.0  # ms
         return torch.cat([windows.mean(-1), windows.std(-1)], dim=1).transpose(1, 2).numpy(), centres
     return features
 
 
-# -- data ------------------------------------------------------------------------------------------------
+# -- features -> the probe's task data -------------------------------------------------------------------
 
-def split_audio(task: Task, split: str) -> torch.Tensor:
-    clips = [soundfile.read(str(p), dtype="float32")[0] for p in task.audio_paths(split)]
-    return torch.from_numpy(np.stack(clips))  # every file is sample_duration long
-
-
-def extract(task: Task, features: Features, batch: int = 32) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """split -> (scene (n, D) or frames (n, t, D), targets: class per file (n,) or multi-hot (n, t, labels))."""
-    out = {}
-    for split in task.splits:
-        audio = split_audio(task, split)
-        parts = [features(audio[i:i + batch]) for i in range(0, len(audio), batch)]
-        if task.embedding_type == "scene":
-            out[split] = np.concatenate(parts), targets(task, split)
-        else:
-            out[split] = np.concatenate([p[0] for p in parts]), targets(task, split, parts[0][1])
-    return out
-
-
-def targets(task: Task, split: str, centres: Optional[np.ndarray] = None) -> np.ndarray:
-    """Scene: class index per file (n,). Event: multi-hot (n, t, labels) of the labels active at each frame centre."""
+def split_data(task: Task, split: str, features: Features, batch: int = 32) -> SplitData:
+    names = task.files(split)
+    audio = torch.from_numpy(np.stack([soundfile.read(str(p), dtype="float32")[0]
+                                       for p in task.audio_paths(split)]))  # every file is sample_duration long
+    parts = [features(audio[i:i + batch]) for i in range(0, len(audio), batch)]
     if task.embedding_type == "scene":
         labels = task.scene_labels(split)
-        return np.array([task.label_to_idx[labels[f][0]] for f in task.files(split)])
-    events = task.events(split)
-    y = np.zeros((len(events), len(centres), len(task.labels)), np.float32)
-    for i, name in enumerate(task.files(split)):
-        for e in events[name]:
-            y[i, (centres >= e.start) & (centres < e.end), task.label_to_idx[e.label]] = 1
-    return y
+        return SplitData(np.concatenate(parts), np.stack([multi_hot(labels[n], task.label_to_idx) for n in names]))
+    frames, times = np.concatenate([p[0] for p in parts]), parts[0][1]  # (n, t, D), (t,)
+    events = task.split_labels[split]
+    targets = [multi_hot(labels, task.label_to_idx) for n in names for labels in labels_at_timestamps(events[n], times)]
+    return SplitData(frames.reshape(-1, frames.shape[-1]), np.stack(targets),
+                     [n for n in names for _ in times], np.tile(times, len(names)), events)
 
 
-# -- the probe -------------------------------------------------------------------------------------------
-
-def fit_probe(x: np.ndarray, y: np.ndarray, c: float, multilabel: bool):
-    model = LogisticRegression(C=c, max_iter=2000)
-    return OneVsRestClassifier(model, n_jobs=1) if multilabel else model
-
-
-def score(model, x: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
-    if multilabel:
-        present = y.sum(0) > 0
-        return float(average_precision_score(y[:, present], model.predict_proba(x)[:, present], average="macro"))
-    return float((model.predict(x) == y).mean())
-
-
-def probe(task: Task, feats: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> float:
-    """Test score, averaged over folds; C picked on the validation split."""
-    multilabel = task.embedding_type == "event"
-
-    def data(splits) -> Tuple[np.ndarray, np.ndarray]:
-        xs, ys = [], []
-        for split in splits:
-            x, y = feats[split]
-            xs.append(x.reshape(-1, x.shape[-1]))
-            ys.append(y.reshape(-1, y.shape[-1]) if multilabel else y)
-        return np.concatenate(xs), np.concatenate(ys)
-
-    scores = []
-    for fold in task.data_splits():
-        (xt, yt), (xv, yv), (xs, ys) = data(fold.train), data(fold.valid), data(fold.test)
-        scaler = StandardScaler().fit(xt)
-        xt, xv, xs = scaler.transform(xt), scaler.transform(xv), scaler.transform(xs)
-        fitted = {c: fit_probe(xt, yt, c, multilabel).fit(xt, yt) for c in C_GRID}
-        best = max(C_GRID, key=lambda c: score(fitted[c], xv, yv, multilabel))
-        scores.append(score(fitted[best], xs, ys, multilabel))
-    return float(np.mean(scores))
+def probe(task: Task, features: Features) -> float:
+    """The task's primary score (mean over folds) of the linear probe."""
+    data = TaskData(task, {split: split_data(task, split, features) for split in task.splits})
+    result = run_linear_probe(data)
+    return result["scores"][result["primary_score"]]["mean"]
 
 
 def random_weights_model(checkpoint_path) -> Embedder:
     checkpoint = load_checkpoint(checkpoint_path)
     torch.manual_seed(0)
     encoder = MaskedAutoencoder(checkpoint.config, decoder=False)
-    return Embedder(encoder, EmbedderOptions(timestamp_hop_ms=HOP_MS), checkpoint.norm_stats).eval()
+    return Embedder(encoder, EmbedderOptions(), checkpoint.norm_stats).eval()
 
 
 def main(argv=None) -> None:
@@ -166,8 +119,7 @@ def main(argv=None) -> None:
         synthetic.generate(args.tasks_dir, tiny=args.tiny, seed=0)
     tasks = list_tasks(args.tasks_dir)
     feature_sets = {
-        "pretrained": lambda event: embedder_features(
-            load_model(checkpoint, device="cpu", timestamp_hop_ms=HOP_MS), event),
+        "pretrained": lambda event: embedder_features(load_model(checkpoint, device="cpu"), event),
         "random": lambda event: embedder_features(random_weights_model(checkpoint), event),
         "log-mel": log_mel_features,
     }
@@ -177,17 +129,17 @@ def main(argv=None) -> None:
         results[task.name] = {}
         for name, make in feature_sets.items():
             started = time.time()
-            results[task.name][name] = probe(task, extract(task, make(event)))
+            results[task.name][name] = probe(task, make(event))
             print(f"{task.name} {name}: {results[task.name][name]:.4f} ({time.time() - started:.0f} s)",
                   file=sys.stderr, flush=True)
-    metric = {t.name: "frame mAP" if t.embedding_type == "event" else "accuracy" for t in tasks}
+    metric = {t.name: t.primary_metric for t in tasks}
     lines = [f"| task | metric | {' | '.join(feature_sets)} | pretrained best |", "|---" * (len(feature_sets) + 3) + "|"]
     for task, row in results.items():
         best = all(row["pretrained"] > v for k, v in row.items() if k != "pretrained")
         lines.append(f"| {task} | {metric[task]} | " + " | ".join(f"{row[k]:.3f}" for k in feature_sets) +
                      f" | {'yes' if best else 'NO'} |")
     print("\n".join(lines))
-    args.out.write_text(json.dumps({"checkpoint": str(checkpoint), "hop_ms": HOP_MS, "c_grid": C_GRID,
+    args.out.write_text(json.dumps({"checkpoint": str(checkpoint), "probe": "eval.linear_probe",
                                     "results": results, "table": lines}, indent=1))
 
 

@@ -96,6 +96,7 @@ class PretrainConfig:
             raise ValueError(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
+        self.model_config()  # a bad size or patch fails here, before any audio is converted
 
     def model_config(self) -> MAEConfig:
         sizes = dict(MODEL_SIZES[self.model])
@@ -311,8 +312,9 @@ class Trainer:
         window = max(1, len(loss) // 50)
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(steps, loss, color="0.75", linewidth=0.6, label="per step")
-        ax.plot(steps[window - 1:], smooth, color="C0", label=f"mean of {window} steps")
+        ax.plot(steps, loss, color="0.75" if window > 1 else "C0", linewidth=0.6, label="per step")
+        if window > 1:
+            ax.plot(steps[window - 1:], smooth, color="C0", label=f"mean of {window} steps")
         ax.set_xlabel("step")
         ax.set_ylabel("MSE on masked patches")
         ax.set_yscale("log")
