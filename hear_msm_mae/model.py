@@ -187,6 +187,8 @@ class MaskedAutoencoder(nn.Module):
 
     def _init_weights(self):
         """MAE's initialisation: xavier-uniform linears and patch projection, N(0, 0.02) tokens."""
+        if self.patch_embed.proj.weight.is_meta:  # built only to receive loaded weights
+            return
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
