@@ -20,7 +20,9 @@ def reconstruct(model: MaskedAutoencoder, units: torch.Tensor, mask_ratio: float
     """Normalised units (N, 1, F, T) -> (loss, masked input, reconstruction), both (N, 1, F, T).
 
     Masked patches are NaN in the masked input. The mask is drawn from its own generator seeded
-    with `seed`, so the same units get the same mask every time.
+    with `seed`, so the same units get the same mask every time. A model trained with per-patch
+    normalised targets predicts only each patch's shape: its patches are shown with their true mean
+    and variance, as in the MAE paper's pictures.
     """
     generator = torch.Generator(device=units.device).manual_seed(seed)
     loss, pred, mask = model(units, mask_ratio=mask_ratio, generator=generator)  # pred (N, P, pf * pt)
