@@ -479,6 +479,19 @@ def load_split(task_embeddings_dir, split: str):
                       targets, task.events(split))
 
 
+def parse_model_options(text: str, model: Optional[str]) -> dict:
+    """The --model-options JSON as a dict, after checking it and the --model file (SystemExit if wrong)."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: --model-options is not JSON: {e}") from None
+    if not isinstance(options, dict):
+        raise SystemExit("error: --model-options must be a JSON dict")
+    if model is not None and not Path(model).is_file():
+        raise SystemExit(f"error: model file not found: {model}")
+    return options
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m eval.embed", description=__doc__.split("\n\n")[0])
     parser.add_argument("module", help="HEAR module to import, e.g. hear_msm_mae or hearbaseline")
@@ -489,14 +502,7 @@ def main(argv=None) -> None:
     parser.add_argument("--task", nargs="+", default=None, help="task folder names (default: all)")
     parser.add_argument("--batch-size", type=int, default=None, help="files per batch (default: hear-eval-kit's)")
     args = parser.parse_args(argv)
-    try:
-        options = json.loads(args.model_options)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"error: --model-options is not JSON: {e}") from None
-    if not isinstance(options, dict):
-        raise SystemExit("error: --model-options must be a JSON dict")
-    if args.model is not None and not Path(args.model).exists():
-        raise SystemExit(f"error: model file not found: {args.model}")
+    options = parse_model_options(args.model_options, args.model)
     if args.batch_size is not None and args.batch_size < 1:
         raise SystemExit("error: --batch-size must be at least 1")
     try:

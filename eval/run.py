@@ -34,7 +34,7 @@ import torch
 
 from hear_msm_mae.atomic import atomic_write
 
-from .embed import DONE_FILE, embed_tasks, model_dir_name
+from .embed import DONE_FILE, embed_tasks, model_dir_name, parse_model_options
 from .hear_protocol import ProtocolConfig, load_task_data, run_protocol
 from .linear_probe import ProbeConfig, run_linear_probe
 from .report import write_report
@@ -108,14 +108,7 @@ def main(argv=None) -> None:
                         help="precision of the HEAR protocol's MLP matmuls (auto: bfloat16 where it is fast)")
     args = parser.parse_args(argv)
 
-    try:
-        options = json.loads(args.model_options)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"error: --model-options is not JSON: {e}") from None
-    if not isinstance(options, dict):
-        raise SystemExit("error: --model-options must be a JSON dict")
-    if args.model is not None and not Path(args.model).is_file():
-        raise SystemExit(f"error: model file not found: {args.model}")
+    options = parse_model_options(args.model_options, args.model)
     if args.demo:
         from . import synthetic
 
