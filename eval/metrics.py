@@ -51,27 +51,28 @@ def mAP(predictions: np.ndarray, targets: np.ndarray) -> float:
         return float(average_precision_score(targets, predictions, average="macro"))
 
 
-def aucroc(predictions: np.ndarray, targets: np.ndarray) -> float:
-    """ROC AUC per class, macro-averaged; NaN when some class has only positives or only negatives."""
+def _roc_auc(predictions: np.ndarray, targets: np.ndarray, average: Optional[str]):
+    """sklearn's ROC AUC (macro mean, or per class with average=None); None where it is undefined."""
     predictions, targets = np.asarray(predictions), np.asarray(targets)
     _check_scene_shapes(predictions, targets)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return float(roc_auc_score(targets, predictions, average="macro"))
-    except ValueError:
-        return math.nan
+            return roc_auc_score(targets, predictions, average=average)
+    except ValueError:  # some class has only positives or only negatives
+        return None
+
+
+def aucroc(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """ROC AUC per class, macro-averaged; NaN when some class has only positives or only negatives."""
+    auc = _roc_auc(predictions, targets, "macro")
+    return math.nan if auc is None else float(auc)
 
 
 def d_prime(predictions: np.ndarray, targets: np.ndarray) -> float:
     """Mean over classes of sqrt(2) * Phi^-1(AUC_c); NaN where aucroc is undefined."""
-    predictions, targets = np.asarray(predictions), np.asarray(targets)
-    _check_scene_shapes(predictions, targets)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            auc = roc_auc_score(targets, predictions, average=None)  # (C,)
-    except ValueError:
+    auc = _roc_auc(predictions, targets, None)  # (C,)
+    if auc is None:
         return math.nan
     return float(np.mean(stats.norm().ppf(auc) * np.sqrt(2.0)))
 
