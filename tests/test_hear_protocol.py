@@ -126,6 +126,21 @@ def test_batched_mlp_matches_torch_modules():
             torch.testing.assert_close(batched.params["w2"][g], net[6].weight, atol=1e-6, rtol=1e-5)
 
 
+def test_dropout_drops_p_and_rescales_like_torch():
+    torch.manual_seed(0)
+    h = torch.rand(1, 512, 1000) + 1.0
+    out = hp.dropout(h, 0.1, train=True)
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.003  # 512k draws: std 4e-4
+    kept = out != 0
+    torch.testing.assert_close(out[kept], h[kept] / 0.9)
+    assert hp.dropout(h, 0.1, train=False) is h and hp.dropout(h, 0.0, train=True) is h
+    grad = torch.ones_like(h, requires_grad=True)
+    hp.dropout(grad, 0.1, train=True).sum().backward()
+    values = grad.grad.unique()
+    assert len(values) == 2 and values[0] == 0 and values[1].item() == pytest.approx(1 / 0.9)
+
+
 def test_early_stopping_after_patience_checks_without_improvement():
     rng = np.random.default_rng(1)
     centers = rng.normal(size=(4, 16))
