@@ -7,16 +7,17 @@
 On one synthetic scene task and one synthetic event task (eval.synthetic, full size), embedded once
 with eval.embed, both implementations train and test on the same embedding files, one after the
 other on the same machine: `python -m heareval.predictions.runner <task> --grid-points N` (its
-defaults otherwise) in its pinned environment, and `run_protocol` here with the same N (its defaults: bf16
-matmuls where the CPU has them). Printed: the test primary
-score of each, their difference (target: within 0.03) and the wall-time ratio (target: ours at
-least 10x faster). Both start from random weights, so one run of either is one draw from a distribution:
-`--seeds N` runs ours N times (initialisation and dropout seeds 0..N-1) and compares their mean score, with
-the per-seed scores recorded; times are per run. Results also go to <work>/fidelity.json.
+defaults otherwise) in its pinned environment, and `run_protocol` here with the same N (its defaults:
+bf16 matmuls where the CPU has them). Printed: the test primary score of each, their difference
+(target: within 0.03) and the wall-time ratio (target: ours at least 10x faster). Both start from
+random weights, so one run of either is one draw from a distribution: `--seeds N` runs ours N times
+(initialisation and dropout seeds 0..N-1) and compares their mean score, with the per-seed scores
+recorded; times are per run. Results also go to <work>/fidelity.json.
 
-hear-eval-kit needs hours of CPU for the full grid on an event task (sed_eval at every validation check, one
-Lightning run per grid point), so the event comparison here uses `--grid-points 1` and the native 160 ms
-frames (`--model-options '{"timestamp_hop_ms": 160}'`); both sides always get the same settings.
+At the module's default 40 ms hop the event task has 4x the rows and both sides take about 4x as long (a
+40 ms run of hear-eval-kit on a busy machine did not finish its first grid point in an hour), so the event
+comparison recorded in benchmarks/README.md was run on the native 160 ms frames
+(`--model-options '{"timestamp_hop_ms": 160}'`); both sides always get the same embeddings and settings.
 
 hear-eval-kit's environment (built here when --heareval-env does not exist): a venv whose packages
 shadow this one's (a .pth file appends this environment's site-packages, so torch, scikit-learn,
