@@ -507,6 +507,14 @@ def aggregate(fold_scores: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, f
     return out
 
 
+def task_result(data: TaskData, protocol: str, primary: str, folds: List[dict], start: float, **extra) -> dict:
+    """One task's results (JSON-serialisable): the per-fold records (each with its test split's "scores"),
+    those scores aggregated over folds, `extra` entries, and the seconds since `start`."""
+    return {"task": data.task.name, "protocol": protocol, "primary_score": primary,
+            "scores": aggregate({fold["test"]: fold["scores"] for fold in folds}), "folds": folds, **extra,
+            "train_seconds": time.perf_counter() - start}
+
+
 def run_protocol(data: TaskData, config: ProtocolConfig = ProtocolConfig()) -> dict:
     """The whole protocol on one task -> results dict (JSON-serialisable)."""
     start = time.perf_counter()
@@ -528,22 +536,12 @@ def _run_protocol(data: TaskData, config: ProtocolConfig, start: float) -> dict:
     maximize = trainer.primary.maximize if trainer.use_scoring else False
     best = rank_grid_points(grid_results, maximize)[0]
     split_results = [best] + [fit([best.conf], split)[0] for split in splits[1:]]
-    fold_scores, folds = {}, []
-    for split, result in zip(splits, split_results):
-        name = "|".join(split.test)
-        fold_scores[name] = trainer.test(result, concat_splits(data, split.test))
-        folds.append({"test": name, "validation_score": result.validation_score, "epoch": result.epoch,
-                      "epochs_trained": result.epochs_trained, "postprocessing": dict(result.postprocessing),
-                      "scores": fold_scores[name]})
-    return {
-        "task": data.task.name,
-        "protocol": "hear",
-        "primary_score": trainer.primary.name,
-        "scores": aggregate(fold_scores),
-        "folds": folds,
-        "hparams": {k: best.conf[k] for k in ("hidden_layers", "lr", "initialization")},
-        "grid": [{"hidden_layers": r.conf["hidden_layers"], "lr": r.conf["lr"],
-                  "initialization": r.conf["initialization"], "validation_score": r.validation_score,
-                  "epoch": r.epoch} for r in grid_results],
-        "train_seconds": time.perf_counter() - start,
-    }
+    folds = [{"test": "|".join(split.test), "validation_score": result.validation_score, "epoch": result.epoch,
+              "epochs_trained": result.epochs_trained, "postprocessing": dict(result.postprocessing),
+              "scores": trainer.test(result, concat_splits(data, split.test))}
+             for split, result in zip(splits, split_results)]
+    return task_result(data, "hear", trainer.primary.name, folds, start,
+                       hparams={k: best.conf[k] for k in ("hidden_layers", "lr", "initialization")},
+                       grid=[{"hidden_layers": r.conf["hidden_layers"], "lr": r.conf["lr"],
+                              "initialization": r.conf["initialization"], "validation_score": r.validation_score,
+                              "epoch": r.epoch} for r in grid_results])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Tuple
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from threadpoolctl import threadpool_limits
 
-from .hear_protocol import Scorer, SplitData, TaskData, aggregate, concat_splits
+from .hear_protocol import Scorer, SplitData, TaskData, concat_splits, task_result
 
 
 @dataclass
@@ -69,7 +69,6 @@ def run_linear_probe(data: TaskData, config: ProbeConfig = ProbeConfig()) -> dic
     scorer = Scorer(data)
     better = scorer.primary.is_better
     n_labels = len(data.labels)
-    fold_scores: Dict[str, Dict[str, float]] = {}
     folds = []
     for split in data.task.data_splits():
         train = concat_splits(data, split.train, shuffle_seed=config.seed)
@@ -87,16 +86,7 @@ def run_linear_probe(data: TaskData, config: ProbeConfig = ProbeConfig()) -> dic
             if best is None or better(scores[scorer.primary.name], best[0]):
                 best = (scores[scorer.primary.name], C, model, post)
         validation_score, C, model, post = best
-        name = "|".join(split.test)
-        fold_scores[name], _ = scorer.evaluate(probabilities(model, x_test, n_labels), test, scorer.decoder(test),
-                                               post or None)
-        folds.append({"test": name, "validation_score": validation_score, "C": C, "postprocessing": dict(post),
-                      "scores": fold_scores[name]})
-    return {
-        "task": data.task.name,
-        "protocol": "linear",
-        "primary_score": scorer.primary.name,
-        "scores": aggregate(fold_scores),
-        "folds": folds,
-        "train_seconds": time.perf_counter() - start,
-    }
+        scores, _ = scorer.evaluate(probabilities(model, x_test, n_labels), test, scorer.decoder(test), post or None)
+        folds.append({"test": "|".join(split.test), "validation_score": validation_score, "C": C,
+                      "postprocessing": dict(post), "scores": scores})
+    return task_result(data, "linear", scorer.primary.name, folds, start)
