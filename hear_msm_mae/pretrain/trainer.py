@@ -36,12 +36,11 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write
 from ..checkpoint import read_file, save_checkpoint
-from ..embedder import fast_bf16
+from ..embedder import DTYPES, resolve_dtype
 from ..model import MODEL_SIZES, MAEConfig, MaskedAutoencoder
 from ..visualize import save_reconstruction_png
 from .data import CropDataset, build_cache, crop_unit, norm_stats
 
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODEL_FIELDS = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 
 
@@ -90,8 +89,8 @@ class PretrainConfig:
         self.betas = tuple(self.betas)
         if self.model not in MODEL_SIZES:
             raise ValueError(f"model must be one of {sorted(MODEL_SIZES)}, got {self.model!r}")
-        if self.precision not in ("auto", *PRECISIONS):
-            raise ValueError(f"precision must be one of {['auto', *PRECISIONS]}, got {self.precision!r}")
+        if self.precision not in ("auto", *DTYPES):
+            raise ValueError(f"precision must be one of {['auto', *DTYPES]}, got {self.precision!r}")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -142,12 +141,6 @@ def start_runtime(config: PretrainConfig) -> Runtime:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Runtime(rank, world_size, device)
-
-
-def compute_dtype(config: PretrainConfig, device: torch.device) -> torch.dtype:
-    if config.precision == "auto":
-        return torch.bfloat16 if fast_bf16(device) else torch.float32
-    return PRECISIONS[config.precision]
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -238,7 +231,7 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         global_batch = config.batch_size * rt.world_size
         self.lr = config.lr if config.lr is not None else config.base_lr * global_batch / 256
-        self.dtype = compute_dtype(config, rt.device)
+        self.dtype = resolve_dtype(config.precision, rt.device)
 
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = MaskedAutoencoder(self.model_config).to(rt.device)
@@ -473,7 +466,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=defaults["weight_decay"])
     parser.add_argument("--betas", type=float, nargs=2, default=defaults["betas"])
     parser.add_argument("--clip-grad", type=float, help="max gradient norm (default: no clipping)")
-    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default=defaults["precision"])
+    parser.add_argument("--precision", choices=["auto", *DTYPES], default=defaults["precision"])
     parser.add_argument("--seed", type=int, default=defaults["seed"])
     parser.add_argument("--device", help="default: this rank's GPU if there is one, else CPU")
     parser.add_argument("--num-workers", type=int, default=defaults["num_workers"], help="data loader processes")
