@@ -28,7 +28,6 @@ from hear_msm_mae.atomic import atomic_write
 from .tasks import HEAR2021_TASKS
 
 LEADERBOARD = Path(__file__).with_name("hear2021_leaderboard.csv")
-BASELINES = {"wav2vec2": "wav2vec2", "CREPE": "CREPE"}  # column name -> leaderboard model
 PAPER_MODEL = "MSM-MAE 80x512p16x16 (paper)"
 
 
