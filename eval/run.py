@@ -11,8 +11,9 @@ The demo builds the small synthetic tasks (eval.synthetic) into DIR/tasks and ev
 checkpoint (or --model) on them with the linear probe unless --protocol says otherwise.
 
 `--hop-comparison` (always on in the demo, for hear_msm_mae): the event tasks are embedded again with
-native 160 ms timestamp frames (model option timestamp_hop_ms=160) and scored beside the module's
-default hop (40 ms) with onset F-measures at 50 ms and 200 ms collars.
+native timestamp frames, one per patch column (model option timestamp_hop_ms = the patch width, 160 ms
+for 16x16 patches), and scored beside the run's hop (default 40 ms) with onset F-measures at 50 ms and
+200 ms collars.
 
 Output, all resumable (a re-run skips finished embeddings and finished task results):
     DIR/embeddings/<module+options>/<task>/     hear-eval-kit's embedding format (eval.embed)
@@ -32,7 +33,10 @@ from typing import Dict, List, Optional
 
 import torch
 
+from hear_msm_mae.api import default_checkpoint
 from hear_msm_mae.atomic import atomic_write
+from hear_msm_mae.checkpoint import load_checkpoint
+from hear_msm_mae.embedder import FRAME_MS, EmbedderOptions
 
 from .embed import DONE_FILE, embed_tasks, model_dir_name, parse_model_options
 from .hear_protocol import ProtocolConfig, load_task_data, run_protocol
@@ -40,7 +44,6 @@ from .linear_probe import ProbeConfig, run_linear_probe
 from .report import write_report
 
 PROTOCOLS = {"linear": ("linear",), "hear": ("hear",), "both": ("linear", "hear")}
-NATIVE_HOP_MS = 160.0  # one 16-frame MSM-MAE patch column
 
 
 def save_json(path: Path, obj) -> None:
@@ -78,10 +81,15 @@ def run_name(module: str, model: Optional[str], options: Dict) -> str:
     return f"{name}@{Path(model).stem}" if model else name
 
 
-def hop_comparison(default: List[dict], native: List[dict]) -> str:
-    """Markdown: onset F-measures of the event tasks at the default hop and at native 160 ms frames."""
+def native_hop_ms(model: Optional[str]) -> float:
+    """Width of one patch column of the checkpoint (the bundled default when None), in ms."""
+    return load_checkpoint(model or default_checkpoint()).config.patch_size[1] * FRAME_MS
+
+
+def hop_comparison(run: List[dict], run_hop_ms: float, native: List[dict], native_ms: float) -> str:
+    """Markdown: onset F-measures of the event tasks at the run's hop and at native (patch column) frames."""
     lines = ["| task | protocol | timestamp hop | onset F (50 ms) | onset F (200 ms) |", "|---|---|---|---|---|"]
-    for hop, results in (("40 ms (default)", default), (f"{NATIVE_HOP_MS:g} ms (native)", native)):
+    for hop, results in ((f"{run_hop_ms:g} ms", run), (f"{native_ms:g} ms (native)", native)):
         for r in results:
             cells = [r["scores"].get(k) for k in ("event_onset_50ms_fms", "event_onset_200ms_fms")]
             if any(cells):
@@ -103,7 +111,7 @@ def main(argv=None) -> None:
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default=None,
                         help="downstream models (default: both; linear in the demo)")
     parser.add_argument("--hop-comparison", action="store_true",
-                        help="also score event tasks with 160 ms timestamp frames (hear_msm_mae)")
+                        help="also score event tasks with one timestamp frame per patch column (hear_msm_mae)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="precision of the HEAR protocol's MLP matmuls (auto: bfloat16 where it is fast)")
     args = parser.parse_args(argv)
@@ -115,7 +123,6 @@ def main(argv=None) -> None:
         if args.module != "hear_msm_mae":
             raise SystemExit("error: the demo evaluates hear_msm_mae")
         if args.model is None:
-            from hear_msm_mae.api import default_checkpoint
             try:
                 default_checkpoint()
             except FileNotFoundError as e:
@@ -144,15 +151,18 @@ def main(argv=None) -> None:
     if compare_hops:
         event_tasks = sorted({r["task"] for r in runs[name]
                               if {"event_onset_50ms_fms", "event_onset_200ms_fms"} & set(r["scores"])})
-        if event_tasks:
-            native_options = {**options, "timestamp_hop_ms": NATIVE_HOP_MS}
+        run_hop = float(options.get("timestamp_hop_ms", EmbedderOptions().timestamp_hop_ms))
+        native_hop = native_hop_ms(args.model)
+        if event_tasks and native_hop != run_hop:
+            native_options = {**options, "timestamp_hop_ms": native_hop}
             native_out = embed_tasks(args.module, tasks_dir, embeddings_dir, args.model, native_options, event_tasks)
-            native_name = f"{name}, hop {NATIVE_HOP_MS:g} ms"
+            native_name = f"{name}, hop {native_hop:g} ms"
             runs[native_name] = evaluate_embeddings(
                 native_out, args.out / "results" / run_name(args.module, args.model, native_options), protocols,
                 config, event_tasks)
             with atomic_write(args.out / "timestamp_resolution.md", "w") as f:
-                f.write(hop_comparison([r for r in runs[name] if r["task"] in event_tasks], runs[native_name]))
+                f.write(hop_comparison([r for r in runs[name] if r["task"] in event_tasks], run_hop,
+                                       runs[native_name], native_hop))
     save_json(args.out / "results.json", {"run": name, "module": args.module, "model": args.model,
                                           "model_options": options, "results": runs[name]})
     for kind, path in write_report(runs, args.out).items():

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from eval import run
+from hear_msm_mae.checkpoint import save_checkpoint
+from hear_msm_mae.model import MAEConfig, MaskedAutoencoder
 
 GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "80x208p16x16_tiny" / "checkpoint-99.pth"
 
@@ -30,10 +32,20 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert {row["score"] for row in rows} >= {"pitch_acc", "chroma_acc", "top1_acc", "event_onset_50ms_fms"}
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     hops = (tmp_path / "timestamp_resolution.md").read_text()
-    assert "40 ms (default)" in hops and "160 ms (native)" in hops
+    assert "| 40 ms |" in hops and "| 160 ms (native) |" in hops
     # a second run reuses embeddings and results: same table
     run.main(["--demo", "--tiny", "--out", str(tmp_path), "--model", str(GOLDEN)])
     assert (tmp_path / "results.md").read_text() == table
+
+
+def test_native_hop_is_the_patch_width(tmp_path):
+    config = MAEConfig(input_size=(80, 96), patch_size=(16, 8), embed_dim=32, depth=1, num_heads=2,
+                       decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1)
+    path = tmp_path / "p16x8.pth"
+    save_checkpoint(path, MaskedAutoencoder(config), norm_stats=(-5.0, 3.0))
+    assert run.native_hop_ms(str(path)) == 80.0
+    if GOLDEN.exists():
+        assert run.native_hop_ms(str(GOLDEN)) == 160.0
 
 
 def test_run_rejects_bad_arguments(tmp_path):
