@@ -97,7 +97,8 @@ def run_visualize(args: argparse.Namespace) -> None:
         for clip in args.clips:
             lms = frontend(load_audio(clip).unsqueeze(0))[0].numpy()  # (80, T)
             if start >= lms.shape[1]:
-                raise ValueError(f"{clip}: --start {args.start} s is past its end ({lms.shape[1] * HOP_LENGTH / SAMPLE_RATE:.2f} s)")
+                length_s = lms.shape[1] * HOP_LENGTH / SAMPLE_RATE
+                raise ValueError(f"{clip}: --start {args.start} s is past its end ({length_s:.2f} s)")
             units.append(crop_unit(lms, start, frames, mean, std))
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
