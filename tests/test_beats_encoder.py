@@ -59,8 +59,8 @@ def test_every_layer_and_the_steps_before_the_encoder(golden):
     checkpoint, arrays, _ = golden
     model = load(checkpoint)
     seen = {}
-    model.layer_norm.register_forward_hook(lambda m, i, out: seen.setdefault("patch_embed", out))
-    model.post_extract_proj.register_forward_hook(lambda m, i, out: seen.setdefault("encoder_input", out))
+    for name, module in [("patch_embed", model.layer_norm), ("encoder_input", model.post_extract_proj)]:
+        module.register_forward_hook(lambda m, i, out, name=name: seen.__setitem__(name, out))  # returns None
     with torch.no_grad():
         states = model(unit(arrays["a_3x4s.features"]), layers=list(range(model.depth + 1)))
     hidden = arrays["unit.hidden_states"]
