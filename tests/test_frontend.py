@@ -1,8 +1,17 @@
-"""The front end: torchaudio's slaney mel spectrogram, computed chunk by chunk for long clips."""
+"""The front ends: torchaudio's slaney mel spectrogram and Kaldi's fbank, computed chunk by chunk for long clips."""
+import math
+
+import numpy as np
+import pytest
 import torch
 import torchaudio
 
-from hear_msm_mae.frontend import LOG_EPS, LogMelSpectrogram, num_frames
+from conftest import GOLDEN, GOLDEN_CASES
+from hear_msm_mae.frontend import LOG_EPS, KaldiFbank, KaldiFbankConfig, LogMelSpectrogram, num_frames
+
+AUDIO_MAE_AST = KaldiFbankConfig(window_type="hanning", subtract_clip_mean=True)
+BEATS = KaldiFbankConfig(window_type="povey", input_scale=2.0 ** 15)
+CONFIGS = [AUDIO_MAE_AST, KaldiFbankConfig(window_type="hanning"), BEATS]
 
 
 def test_chunked_equals_torchaudio_in_one_piece():
@@ -15,3 +24,106 @@ def test_chunked_equals_torchaudio_in_one_piece():
         lms = LogMelSpectrogram(chunk_frames=chunk_frames)(audio)
         assert lms.shape == (2, 80, num_frames(audio.shape[1]))
         torch.testing.assert_close(lms, reference, rtol=0, atol=1e-4)
+
+
+# -- Kaldi fbank -----------------------------------------------------------------------------------------
+
+def kaldi_reference(audio: torch.Tensor, config: KaldiFbankConfig) -> torch.Tensor:
+    """torchaudio's fbank clip by clip, as the reference dataloaders call it: (B, S) -> (B, bins, T)."""
+    features = []
+    for clip in audio:
+        clip = clip[None]
+        if config.subtract_clip_mean:
+            clip = clip - clip.mean()
+        features.append(torchaudio.compliance.kaldi.fbank(
+            clip * config.input_scale, num_mel_bins=config.num_mel_bins, sample_frequency=config.sample_frequency,
+            frame_length=config.frame_length_ms, frame_shift=config.frame_shift_ms, window_type=config.window_type,
+            dither=0.0, htk_compat=True, use_energy=False).T)
+    return torch.stack(features)
+
+
+def signals(config: KaldiFbankConfig) -> dict:
+    g = torch.Generator().manual_seed(1)
+    t = torch.arange(3 * 16000 + 77) / 16000
+    quiet = 3e-5 / config.input_scale  # mel energies straddle the float32-eps floor
+    return {
+        "noise": torch.randn(3, 3 * 16000 + 77, generator=g) * 0.1,
+        "tones": torch.stack([0.5 * torch.sin(2 * math.pi * 440 * t), 0.3 * torch.sin(2 * math.pi * 3000 * t) + 0.2]),
+        "quiet": torch.randn(2, 16000 + 5, generator=g) * quiet,
+        "one_frame": torch.randn(2, 400, generator=g),
+        "odd_lengths": torch.randn(2, 559, generator=g),
+    }
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["audiomae_ast", "hanning", "beats"])
+def test_kaldi_fbank_equals_torchaudio(config):
+    for chunk_frames in (37 * 3, 6000):  # 3 s = 298 frames: chunks of 37 or 55 frames per clip, or one
+        frontend = KaldiFbank(config, chunk_frames=chunk_frames)
+        for name, audio in signals(config).items():
+            features = frontend(audio)
+            reference = kaldi_reference(audio, config)
+            assert features.shape == reference.shape == (len(audio), 128, frontend.num_frames(audio.shape[1])), name
+            torch.testing.assert_close(features, reference, rtol=0, atol=1e-5, msg=name)
+            if name == "quiet":
+                floor = math.log(torch.finfo(torch.float32).eps)
+                assert (reference == floor).any() and (reference > floor + 1).any()
+
+
+def test_kaldi_fbank_batch_and_chunk_independent():
+    audio = torch.randn(4, 2 * 16000 + 311, generator=torch.Generator().manual_seed(2)) * torch.tensor([[1e-3], [1.0],
+                                                                                                         [0.1], [3.0]])
+    for config in CONFIGS:
+        batch = KaldiFbank(config)(audio)
+        for i in range(len(audio)):
+            torch.testing.assert_close(KaldiFbank(config)(audio[i:i + 1])[0], batch[i], rtol=0, atol=1e-5)
+        for chunk_frames in (1, 7, 100):
+            torch.testing.assert_close(KaldiFbank(config, chunk_frames=chunk_frames)(audio), batch, rtol=0, atol=1e-5)
+
+
+def test_front_end_attributes():
+    kaldi, log_mel = KaldiFbank(), LogMelSpectrogram()
+    assert (kaldi.sample_rate, kaldi.hop_length, kaldi.n_bins, kaldi.min_samples) == (16000, 160, 128, 400)
+    assert kaldi.n_fft == 512 and kaldi.frame_offset_ms == 12.5 and log_mel.frame_offset_ms == 0.0
+    assert (log_mel.sample_rate, log_mel.hop_length, log_mel.n_bins, log_mel.min_samples) == (16000, 160, 80, 201)
+    assert kaldi.state_dict() == {} and log_mel.state_dict() == {}
+    for frontend in (kaldi, log_mel):
+        for samples in (frontend.min_samples, frontend.min_samples + 159, frontend.min_samples + 160, 16000):
+            features = frontend(torch.randn(2, samples, dtype=torch.float64))
+            assert features.dtype == torch.float32
+            assert features.shape == (2, frontend.n_bins, frontend.num_frames(samples))
+        assert frontend.num_frames(frontend.min_samples) >= 1
+        with pytest.raises(ValueError, match="empty batch"):
+            frontend(torch.zeros(0, 16000))
+        with pytest.raises(ValueError, match=f"at least {frontend.min_samples} samples"):
+            frontend(torch.zeros(1, frontend.min_samples - 1))
+        with pytest.raises(ValueError, match="batch, samples"):
+            frontend(torch.zeros(16000))
+    # frame 0 of the Kaldi front end covers samples [0, 400): a click at sample 200 peaks there
+    click = torch.zeros(1, 1600)
+    click[0, 200] = 1.0
+    assert int(kaldi(click)[0].sum(0).argmax()) == 0 and kaldi.frame_offset_ms == 200 / 16
+    with pytest.raises(ValueError, match="window_type"):
+        KaldiFbankConfig(window_type="hamming")
+
+
+def golden_arrays(name: str) -> dict:
+    path = GOLDEN / name / "golden.npz"
+    if not path.is_file():
+        pytest.skip(f"golden data not found at {path}")
+    return dict(np.load(path))
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_kaldi_fbank_golden_features(case):
+    """Audio-MAE's and AST's dataloader features and BEATs.preprocess, from the golden audio."""
+    audio = torch.from_numpy(golden_arrays("80x208p16x16_tiny")[f"{case}.audio"])  # (n, S) at 16 kHz
+    fbank = KaldiFbank(AUDIO_MAE_AST)(audio).transpose(1, 2)  # (n, T, 128)
+    fbank = torch.nn.functional.pad(fbank, (0, 0, 0, max(0, 1024 - fbank.shape[1])))[:, :1024]  # zeros or cut
+    features = (fbank - (-4.2677393)) / (4.5689974 * 2)
+    audiomae, ast = golden_arrays("audiomae_tiny")[f"{case}.features"], golden_arrays("ast_tiny")[f"{case}.features"]
+    torch.testing.assert_close(features, torch.from_numpy(audiomae[:, 0]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(features, torch.from_numpy(ast), rtol=0, atol=1e-4)
+
+    features = (KaldiFbank(BEATS)(audio).transpose(1, 2) - 15.41663) / (2 * 6.55582)  # (n, T, 128), not padded
+    torch.testing.assert_close(features, torch.from_numpy(golden_arrays("beats_tiny")[f"{case}.features"]),
+                               rtol=0, atol=1e-4)
