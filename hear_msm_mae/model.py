@@ -1,8 +1,9 @@
-"""MSM-MAE: a ViT masked autoencoder over patches of a log-mel spectrogram.
+"""MSM-MAE: a ViT masked autoencoder over patches of a log-mel spectrogram, for pre-training.
 
-Parameter names and shapes follow the official MSM-MAE checkpoints, so their state dicts load
-as they are. A spectrogram unit (N, 1, F, T) is cut into (F/pf) x (T/pt) patches, ordered
-frequency-major: patch index = f * (T/pt) + t.
+The encoder is the shared VisionTransformer (vit.py) with MSM-MAE's query/value biases; the decoder
+reconstructs the masked patches. Parameter names and shapes follow the official MSM-MAE
+checkpoints, so their state dicts load as they are. A spectrogram unit (N, 1, F, T) is cut into
+(F/pf) x (T/pt) patches, ordered frequency-major: patch index = f * (T/pt) + t.
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .vit import Block, ViTConfig, VisionTransformer
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ class MAEConfig:
         """One time column of patches, concatenated over frequency."""
         return self.grid_size[0] * self.embed_dim
 
+    def encoder_config(self) -> ViTConfig:
+        return ViTConfig(input_size=self.input_size, patch_size=self.patch_size, embed_dim=self.embed_dim,
+                         depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, qkv_bias="qv",
+                         num_prefix_tokens=int(self.use_cls_token))
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
@@ -94,62 +101,6 @@ def _with_cls_row(table: np.ndarray, use_cls_token: bool) -> torch.Tensor:
     return torch.from_numpy(table).float().unsqueeze(0)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with query and value biases; the key bias is zero."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.q_bias = nn.Parameter(torch.zeros(dim))
-        self.v_bias = nn.Parameter(torch.zeros(dim))
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, tokens, dim = x.shape
-        bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias)  # (n, tokens, 3 * dim)
-        q, k, v = qkv.view(n, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)  # (n, heads, tokens, head_dim)
-        return self.proj(x.transpose(1, 2).reshape(n, tokens, dim))
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class PatchEmbed(nn.Module):
-    """(N, 1, F, T) -> (N, (F/pf) * (T/pt), D), frequency-major."""
-
-    def __init__(self, patch_size: Tuple[int, int], embed_dim: int):
-        super().__init__()
-        self.proj = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
 def shuffle_order(mask: Optional[torch.Tensor], n: int, num_patches: int, device=None,
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """(n, num_patches) patch indices, visible patches first: random, or from a given mask.
@@ -162,33 +113,34 @@ def shuffle_order(mask: Optional[torch.Tensor], n: int, num_patches: int, device
     return torch.rand(n, num_patches, device=device, generator=generator).argsort(dim=1)
 
 
-class MaskedAutoencoder(nn.Module):
-    """MSM-MAE. With `decoder=False` only the encoder is built (for embedding extraction)."""
+class MaskedAutoencoder(VisionTransformer):
+    """MSM-MAE: the ViT encoder (query/value biases, optional [CLS]) and, unless `decoder=False`, the
+    light decoder that reconstructs masked patches. The state dict keeps the official flat names."""
 
     def __init__(self, config: MAEConfig, decoder: bool = True):
-        super().__init__()
+        super().__init__(config.encoder_config())
         self.config = c = config
-        self.patch_embed = PatchEmbed(c.patch_size, c.embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.use_cls_token else None
-        self.register_buffer("pos_embed", _with_cls_row(sincos_2d(c.embed_dim, c.grid_size), c.use_cls_token))
-        self.blocks = nn.ModuleList(Block(c.embed_dim, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
-        self.norm = nn.LayerNorm(c.embed_dim, eps=1e-6)
         self.has_decoder = decoder
         if decoder:
             self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
-            self.register_buffer("decoder_pos_embed",
-                                 _with_cls_row(sinusoid_table(c.num_patches, c.decoder_embed_dim), c.use_cls_token))
+            self.register_buffer("decoder_pos_embed", torch.zeros(1, int(c.use_cls_token) + c.num_patches,
+                                                                  c.decoder_embed_dim))
             self.decoder_blocks = nn.ModuleList(
-                Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio) for _ in range(c.decoder_depth))
+                Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, "qv") for _ in range(c.decoder_depth))
             self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=1e-6)
             self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size[0] * c.patch_size[1])
-        self._init_weights()
+        if not self.pos_embed.is_meta:  # a new model; one built on meta only receives loaded weights
+            self._init_weights()
 
     def _init_weights(self):
-        """MAE's initialisation: xavier-uniform linears and patch projection, N(0, 0.02) tokens."""
-        if self.patch_embed.proj.weight.is_meta:  # built only to receive loaded weights
-            return
+        """MAE's initialisation: fixed sin-cos position tables, xavier-uniform linears and patch
+        projection, N(0, 0.02) tokens."""
+        c = self.config
+        self.pos_embed.copy_(_with_cls_row(sincos_2d(c.embed_dim, c.grid_size), c.use_cls_token))
+        if self.has_decoder:
+            self.decoder_pos_embed.copy_(
+                _with_cls_row(sinusoid_table(c.num_patches, c.decoder_embed_dim), c.use_cls_token))
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -218,28 +170,13 @@ class MaskedAutoencoder(nn.Module):
         x = patches.reshape(n, gf, gt, pf, pt).permute(0, 1, 3, 2, 4)
         return x.reshape(n, 1, gf * pf, gt * pt)
 
-    def _patch_pos_embed(self, table: torch.Tensor, columns: int) -> torch.Tensor:
-        """The patch rows of a position table, cut to the first `columns` time columns."""
-        gf, gt = self.config.grid_size
-        patch_rows = table[:, 1:] if self.config.use_cls_token else table
-        return patch_rows.reshape(1, gf, gt, -1)[:, :, :columns].reshape(1, gf * columns, -1)
-
     def forward_encoder(self, lms: torch.Tensor, ids_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(N, 1, F, W) with W <= input width, a multiple of the patch width -> (N, [1 +] tokens, D).
 
         `ids_keep` (N, visible): the patches the encoder sees, in this order; all of them in
         patch order without it. The [CLS] token, where the model has one, is the first row.
         """
-        columns = lms.shape[-1] // self.config.patch_size[1]
-        x = self.patch_embed(lms) + self._patch_pos_embed(self.pos_embed, columns)  # (N, P, D)
-        if ids_keep is not None:
-            x = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        if self.cls_token is not None:
-            cls = self.cls_token + self.pos_embed[:, :1]
-            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return self.encode(lms, ids_keep=ids_keep)[0]
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Encoder output (N, [1 +] visible, D) -> (N, patches, pf * pt) predictions.
