@@ -38,7 +38,7 @@ def eager_attention(q, k, v):
 
 def reference_scene_embeddings(model, audio):
     """The original wrapper's loop: per-batch normalisation, one encoder call per unit, float32, eager."""
-    lms = model.normalised_log_mel(audio)
+    lms = model.normalised_features(audio)
     unit = model.unit_frames
     lms = torch.nn.functional.pad(lms, (0, -lms.shape[-1] % unit)).unsqueeze(1)
     frames = []

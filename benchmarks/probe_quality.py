@@ -37,7 +37,7 @@ from eval.embed import labels_at_timestamps, multi_hot  # noqa: E402
 from eval.hear_protocol import SplitData, TaskData  # noqa: E402
 from eval.linear_probe import run_linear_probe  # noqa: E402
 from eval.tasks import Task, list_tasks  # noqa: E402
-from hear_msm_mae.api import default_checkpoint, load_model  # noqa: E402
+from hear_msm_mae.msm_mae import default_checkpoint, load_model  # noqa: E402
 from hear_msm_mae.checkpoint import load_checkpoint  # noqa: E402
 from hear_msm_mae.embedder import Embedder, EmbedderOptions  # noqa: E402
 from hear_msm_mae.frontend import LogMelSpectrogram  # noqa: E402
@@ -102,7 +102,7 @@ def random_weights_model(checkpoint_path) -> Embedder:
     checkpoint = load_checkpoint(checkpoint_path)
     torch.manual_seed(0)
     encoder = MaskedAutoencoder(checkpoint.config, decoder=False)
-    return Embedder(encoder, EmbedderOptions(), checkpoint.norm_stats).eval()
+    return Embedder(encoder, checkpoint, EmbedderOptions()).eval()
 
 
 def main(argv=None) -> None:

@@ -33,10 +33,9 @@ from typing import Dict, List, Optional
 
 import torch
 
-from hear_msm_mae.api import default_checkpoint
 from hear_msm_mae.atomic import atomic_write
 from hear_msm_mae.checkpoint import load_checkpoint
-from hear_msm_mae.embedder import FRAME_MS, EmbedderOptions
+from hear_msm_mae.msm_mae import FAMILY, default_checkpoint
 
 from .embed import DONE_FILE, embed_tasks, model_dir_name, parse_model_options
 from .hear_protocol import ProtocolConfig, load_task_data, run_protocol
@@ -83,7 +82,9 @@ def run_name(module: str, model: Optional[str], options: Dict) -> str:
 
 def native_hop_ms(model: Optional[str]) -> float:
     """Width of one patch column of the checkpoint (the bundled default when None), in ms."""
-    return load_checkpoint(model or default_checkpoint()).config.patch_size[1] * FRAME_MS
+    checkpoint = load_checkpoint(model or default_checkpoint())
+    frontend = checkpoint.family.frontend()
+    return checkpoint.grid.column_stride * frontend.hop_length * 1000 / frontend.sample_rate
 
 
 def hop_comparison(run: List[dict], run_hop_ms: float, native: List[dict], native_ms: float) -> str:
@@ -151,7 +152,7 @@ def main(argv=None) -> None:
     if compare_hops:
         event_tasks = sorted({r["task"] for r in runs[name]
                               if {"event_onset_50ms_fms", "event_onset_200ms_fms"} & set(r["scores"])})
-        run_hop = float(options.get("timestamp_hop_ms", EmbedderOptions().timestamp_hop_ms))
+        run_hop = float(options.get("timestamp_hop_ms", FAMILY.timestamp_hop_ms))
         native_hop = native_hop_ms(args.model)
         if event_tasks and native_hop != run_hop:
             native_options = {**options, "timestamp_hop_ms": native_hop}

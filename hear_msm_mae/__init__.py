@@ -1,10 +1,15 @@
-"""MSM-MAE audio representations with the HEAR 2021 API.
+"""MSM-MAE and its family of audio transformers with the HEAR 2021 API.
+
+This package is the HEAR module of MSM-MAE (with a bundled default checkpoint):
 
     model = hear_msm_mae.load_model("80x512p16x16_paper/checkpoint-100.pth")
     scene = hear_msm_mae.get_scene_embeddings(audio, model)            # (n, 3840)
     frames, ms = hear_msm_mae.get_timestamp_embeddings(audio, model)   # (n, t, 3840), (n, t)
+
+and each other family has its own: hear_msm_mae.m2d, hear_msm_mae.audiomae, hear_msm_mae.ast,
+hear_msm_mae.beats.
 """
-from .api import get_scene_embeddings, get_timestamp_embeddings, load_model
+from .msm_mae import get_scene_embeddings, get_timestamp_embeddings, load_model
 
 __all__ = ["load_model", "get_scene_embeddings", "get_timestamp_embeddings"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,42 +1,53 @@
-"""The HEAR 2021 API: load_model, get_scene_embeddings, get_timestamp_embeddings."""
+"""The HEAR 2021 API over every family: load_model, get_scene_embeddings, get_timestamp_embeddings.
+
+Each family's HEAR module (hear_msm_mae for MSM-MAE, hear_msm_mae.m2d, .audiomae, .ast, .beats)
+binds `load_model` to its family with `bind`; the two embedding functions are the same for all.
+"""
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 
-from .checkpoint import build_model, load_checkpoint
+from .checkpoint import build_encoder, load_checkpoint
 from .embedder import Embedder, EmbedderOptions, resolve_dtype
-
-DEFAULT_CHECKPOINT_NAME = "msm_mae_default.pth"  # in the package hear_msm_mae.checkpoints
-
-
-def default_checkpoint() -> Path:
-    """The checkpoint bundled with the package (the repository's checkpoints/ folder)."""
-    path = Path(str(resources.files("hear_msm_mae.checkpoints") / DEFAULT_CHECKPOINT_NAME))
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no bundled default checkpoint at {path}; pass a checkpoint path to load_model(), "
-            "e.g. load_model('80x512p16x16_paper/checkpoint-100.pth')")
-    return path
+from .family import Family, get_family
+from .linear import can_pack, pack
 
 
-def load_model(model_file_path: Union[str, Path] = "", device: Optional[Union[str, torch.device]] = None,
-               **options) -> Embedder:
-    """Load an MSM-MAE checkpoint as a HEAR model, in eval mode, on `device` (GPU when there is one).
+def load_model(model_file_path: Union[str, Path], device: Optional[Union[str, torch.device]] = None,
+               family: Optional[Union[str, Family]] = None, **options) -> Embedder:
+    """A checkpoint as a HEAR model, in eval mode, on `device` (GPU when there is one).
 
-    `model_file_path`: an official MSM-MAE checkpoint, a state dict or one of this project's
-    checkpoints; empty for the bundled default. `options`: the fields of EmbedderOptions
-    (mode, norm_mean, norm_std, timestamp_hop_ms, dtype, batch_units).
+    `family`: "msm_mae", "m2d", "audiomae", "ast" or "beats"; None: detected from the file.
+    `options`: the fields of EmbedderOptions (mode, norm_mean, norm_std, timestamp_hop_ms, dtype,
+    batch_units, freq_pool, layers, layer_pool, scene, unit_frames).
     """
     embedder_options = EmbedderOptions.from_kwargs(**options)
-    checkpoint = load_checkpoint(model_file_path or default_checkpoint())
+    checkpoint = load_checkpoint(model_file_path, family, embedder_options.unit_frames)
     device = torch.device(device) if device is not None else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    encoder = build_model(checkpoint, decoder=False, device=device, dtype=resolve_dtype(embedder_options.dtype, device))
-    return Embedder(encoder, embedder_options, checkpoint.norm_stats).to(device).eval()
+    encoder = build_encoder(checkpoint, device=device, dtype=resolve_dtype(embedder_options.dtype, device))
+    if can_pack(device):
+        pack(encoder)
+    return Embedder(encoder, checkpoint, embedder_options).to(device).eval()
+
+
+def bind(family_name: str, default_path: Optional[Callable[[], Path]] = None) -> Callable[..., Embedder]:
+    """`load_model(model_file_path, device=None, **options)` for one family's HEAR module."""
+    def family_load_model(model_file_path: Union[str, Path] = "", device: Optional[Union[str, torch.device]] = None,
+                          **options) -> Embedder:
+        family = get_family(family_name)
+        if not model_file_path:
+            if default_path is None:
+                raise ValueError(f"{family.module}.load_model needs the path of an official {family.title} "
+                                 "checkpoint (this package ships none)")
+            model_file_path = default_path()
+        return load_model(model_file_path, device, family, **options)
+
+    family_load_model.__doc__ = f"""Load a {family_name} checkpoint as a HEAR model: see hear_msm_mae.api.load_model."""
+    return family_load_model
 
 
 def check_audio(audio, model: Embedder) -> torch.Tensor:

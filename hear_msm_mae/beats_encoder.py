@@ -34,6 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .family import resolve_layers
+from .linear import Linear
+
 MEL_BINS = 128
 
 # Every release uses these values; the others select code paths of the reference not implemented here.
@@ -43,9 +46,10 @@ RELEASE_ONLY = {"layer_norm_first": False, "deep_norm": True, "relative_position
 
 @dataclass(frozen=True)
 class BEATsConfig:
-    """The checkpoint cfg entries inference depends on; defaults are BEATs_iter3's.
+    """The checkpoint cfg entries the encoder depends on; defaults are BEATs_iter3's.
 
-    Dropouts, layer drop and layer-wise gradient decay act only in training and are not kept.
+    Dropouts, layer drop and layer-wise gradient decay act only in training, and a fine-tuned file's
+    classifier (finetuned_model, predictor_class) is not part of the encoder: none of them is kept.
     """
     encoder_layers: int = 12
     encoder_embed_dim: int = 768
@@ -57,8 +61,6 @@ class BEATsConfig:
     conv_pos_groups: int = 16
     num_buckets: int = 320
     max_distance: int = 800
-    finetuned_model: bool = False
-    predictor_class: int = 527  # read only from fine-tuned cfgs
     layer_norm_first: bool = False
     deep_norm: bool = True
     relative_position_embedding: bool = True
@@ -97,7 +99,7 @@ class BEATsConfig:
         differ from the release (e.g. max_distance 1280, no relative bias), so none is assumed."""
         if not isinstance(cfg, Mapping):
             raise ValueError(f"BEATs cfg must be a dict, not {type(cfg).__name__}")
-        names = [f.name for f in fields(cls) if f.name != "predictor_class" or cfg.get("finetuned_model")]
+        names = [f.name for f in fields(cls)]
         for name in names:
             if name not in cfg:
                 raise ValueError(f"BEATs cfg has no {name!r}")
@@ -136,26 +138,20 @@ class GatedRelativeAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.q_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)  # the reference's q_proj, k_proj, v_proj as one product
+        self.out_proj = Linear(dim, dim)
         self.grep_linear = nn.Linear(dim // num_heads, 8)
         self.grep_a = nn.Parameter(torch.ones(1, num_heads, 1, 1))
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, position_bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """x (n, L, D), position_bias (H, L, L) -> attention output + residual, (n, L, D)."""
         n, length, dim = x.shape
-        return x.view(n, length, self.num_heads, dim // self.num_heads).transpose(1, 2)  # (n, H, L, d)
-
-    def forward(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
-        """x (n, L, D), position_bias (H, L, L) -> (n, L, D)."""
-        n, length, dim = x.shape
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        q, k, v = self.qkv(x).view(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         gates = torch.sigmoid(self.grep_linear(q).view(n, self.num_heads, length, 2, 4).sum(-1))  # (n, H, L, 2)
         gate_a, gate_b = gates.chunk(2, dim=-1)  # (n, H, L, 1) each
         gate = gate_a * (gate_b * self.grep_a - 1.0) + 2.0
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=gate * position_bias)  # (n, H, L, d)
-        return self.out_proj(x.transpose(1, 2).reshape(n, length, dim))
+        return self.out_proj(x.transpose(1, 2).reshape(n, length, dim), residual=residual)
 
 
 class EncoderLayer(nn.Module):
@@ -167,14 +163,14 @@ class EncoderLayer(nn.Module):
         self.alpha = config.deep_norm_alpha
         self.self_attn = GatedRelativeAttention(dim, config.encoder_attention_heads)
         self.self_attn_layer_norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, config.encoder_ffn_embed_dim)
-        self.fc2 = nn.Linear(config.encoder_ffn_embed_dim, dim)
+        self.fc1 = Linear(dim, config.encoder_ffn_embed_dim)
+        self.fc2 = Linear(config.encoder_ffn_embed_dim, dim)
         self.final_layer_norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
-        x = self.self_attn_layer_norm(self.alpha * x + self.self_attn(x, position_bias))
-        hidden = F.gelu(self.fc1(x).float()).type_as(x)  # the reference's GELU runs in float32
-        return self.final_layer_norm(self.alpha * x + self.fc2(hidden))
+        x = self.self_attn_layer_norm(self.self_attn(x, position_bias, residual=self.alpha * x))
+        # GELU in float32 as the reference's (torch computes a bfloat16 GELU in float32, as does oneDNN)
+        return self.final_layer_norm(self.fc2(self.fc1(x, activation="gelu"), residual=self.alpha * x))
 
 
 class TransformerEncoder(nn.Module):
@@ -188,7 +184,10 @@ class TransformerEncoder(nn.Module):
         self.pos_conv = nn.Sequential(nn.Conv1d(dim, dim, config.conv_pos, padding=config.conv_pos // 2,
                                                 groups=config.conv_pos_groups))
         self.layer_norm = nn.LayerNorm(dim)
-        self.relative_attention_bias = nn.Embedding(config.num_buckets, config.encoder_attention_heads)
+        # _weight: no normal_ initialisation, which on the meta device imports triton (a crash beside TensorFlow)
+        self.relative_attention_bias = nn.Embedding(config.num_buckets, config.encoder_attention_heads,
+                                                    _weight=torch.empty(config.num_buckets,
+                                                                        config.encoder_attention_heads))
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
 
     def forward(self, x: torch.Tensor, layers: Sequence[int]) -> List[torch.Tensor]:
@@ -209,8 +208,7 @@ class TransformerEncoder(nn.Module):
 class BEATsEncoder(nn.Module):
     """(n, 1, 128, W) normalised fbank, frequency x time, W a multiple of 16 -> tokens per layer.
 
-    `embed_dim` is the token width (the cfg's encoder_embed_dim). `predictor` is the fine-tuned
-    classifier (None for pre-trained models); `clip_scores` applies it as the reference does.
+    `embed_dim` is the token width (the cfg's encoder_embed_dim).
     """
     num_prefix_tokens = 0
 
@@ -222,30 +220,17 @@ class BEATsEncoder(nn.Module):
         self.patch_embedding = nn.Conv2d(1, c.embed_dim, c.input_patch_size, stride=c.input_patch_size, bias=False)
         self.layer_norm = nn.LayerNorm(c.embed_dim)
         # The reference has no projection (None) when the widths agree; Identity holds no weights either.
-        self.post_extract_proj = (nn.Linear(c.embed_dim, c.encoder_embed_dim)
+        self.post_extract_proj = (Linear(c.embed_dim, c.encoder_embed_dim)
                                   if c.embed_dim != c.encoder_embed_dim else nn.Identity())
         self.encoder = TransformerEncoder(c)
-        self.predictor = nn.Linear(c.encoder_embed_dim, c.predictor_class) if c.finetuned_model else None
 
-    def _layer_indices(self, layers: Optional[Sequence[int]]) -> List[int]:
-        if layers is None:
-            return [self.depth]
-        indices = []
-        for layer in layers:
-            if type(layer) is not int or not -self.depth - 1 <= layer <= self.depth:
-                raise ValueError(f"layer {layer!r} is not in -{self.depth + 1}..{self.depth}")
-            indices.append(layer % (self.depth + 1))
-        if not indices:
-            raise ValueError("no layers requested")
-        return indices
-
-    def forward(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
+    def encode(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
         """x (n, 1, 128, W) -> [(n, gf * cols, D) frequency-major] for each layer in `layers`.
 
         Layer 0 is the input of the first block, k the output of block k, `depth` (the default, also -1)
         the final tokens.
         """
-        indices = self._layer_indices(layers)
+        indices = resolve_layers(layers, self.depth)
         patch = self.config.input_patch_size
         if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != MEL_BINS or x.shape[3] < patch or x.shape[3] % patch:
             raise ValueError(f"BEATs input must be (n, 1, {MEL_BINS}, W), W a positive multiple of {patch}, "
@@ -255,37 +240,3 @@ class BEATsEncoder(nn.Module):
         tokens = self.layer_norm(patches.flatten(2).transpose(1, 2))  # (n, cols * gf, C), index t * gf + f
         states = self.encoder(self.post_extract_proj(tokens), indices)  # each (n, cols * gf, D)
         return [s.view(n, cols, gf, -1).transpose(1, 2).reshape(n, gf * cols, -1) for s in states]
-
-    def clip_scores(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Final tokens (n, N, D) -> (n, classes): the fine-tuned reference's output, sigmoid of the
-        mean over tokens of predictor(tokens)."""
-        if self.predictor is None:
-            raise ValueError("this BEATs model has no predictor (not a fine-tuned checkpoint)")
-        return torch.sigmoid(self.predictor(tokens).mean(dim=1))
-
-
-def convert_state_dict(state_dict: Mapping[str, torch.Tensor], config: BEATsConfig,
-                       keep_predictor: bool = True) -> dict:
-    """An official BEATs state dict -> `BEATsEncoder`'s: the same names and tensors, except that
-
-    - the weight-normed pos_conv (weight_g, weight_v) becomes one weight = g * v / ||v||, the norm
-      taken over all dims but 2 (one per kernel tap), as torch's weight_norm(dim=2) computes it;
-    - the relative position table, which the reference ties across blocks and saves once per block,
-      is kept once as `encoder.relative_attention_bias.weight`: the last block's copy, which is the
-      one a reference load_state_dict leaves in place (copies are loaded in order, the last wins);
-    - `predictor.*` (fine-tuned files) is dropped if not `keep_predictor`.
-
-    Anything else passes through, so a strict load still names unexpected or missing keys.
-    """
-    converted = dict(state_dict)
-    conv = "encoder.pos_conv.0."
-    tables = [f"encoder.layers.{i}.self_attn.relative_attention_bias.weight" for i in range(config.encoder_layers)]
-    for key in [conv + "weight_g", conv + "weight_v"] + tables:
-        if key not in converted:
-            raise ValueError(f"not an official BEATs state dict: no {key!r}")
-    g, v = converted.pop(conv + "weight_g"), converted.pop(conv + "weight_v")  # (1, 1, K), (D, D / groups, K)
-    converted[conv + "weight"] = v * (g / torch.linalg.vector_norm(v, dim=(0, 1), keepdim=True))
-    converted["encoder.relative_attention_bias.weight"] = [converted.pop(key) for key in tables][-1]
-    if not keep_predictor:
-        converted = {k: t for k, t in converted.items() if not k.startswith("predictor.")}
-    return converted

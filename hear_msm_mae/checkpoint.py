@@ -1,43 +1,27 @@
-"""Reading and writing MSM-MAE checkpoints, safely.
+"""Reading checkpoints safely, by family, and loading them strictly.
 
-Accepted files: the official training layout `{'model': state_dict, 'epoch', 'args', ...}`, a bare
-state dict (encoder only or with decoder), and this project's checkpoints, which add `'config'` (the
-MAEConfig as a dict) and `'norm_stats'` (mean/std of the pre-training log-mels). Files are read with
-torch's weights-only unpickler: tensors, plain containers and `argparse.Namespace`, nothing that could
-run code. The model configuration comes from the file itself: stored config, then stored args and the
-official folder name `<F>x<T>p<pf>x<pt>_<name>/checkpoint-N.pth`, then the state-dict shapes.
+Files are read with torch's weights-only unpickler: tensors, plain containers and the few classes
+the official files hold (`argparse.Namespace` in training checkpoints, `pathlib.PosixPath` in
+Audio-MAE's args), nothing that could run code. The file's family (family.py) reads it into a
+`Checkpoint`: the encoder's configuration and weights in this package's names. Loading is strict:
+every weight the encoder expects must be there with its shape, and nothing else may be left.
 """
 from __future__ import annotations
 
 import argparse
+import pathlib
 import pickle
-import re
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Union
 
 import torch
+from torch import nn
 
 from .atomic import atomic_write
-from .frontend import N_MELS
+from .family import Checkpoint, Family, detect_family, get_family
 from .model import MAEConfig, MaskedAutoencoder
 
-SAFE_GLOBALS = [argparse.Namespace]
-FOLDER_NAME = re.compile(r"(\d+)x(\d+)p(\d+)x(\d+)")
-STATE_DICT_PREFIXES = ("module.", "backbone.", "_orig_mod.")
-
-
-@dataclass
-class Checkpoint:
-    path: Path
-    config: MAEConfig
-    state_dict: Dict[str, torch.Tensor]
-    norm_stats: Optional[Tuple[float, float]]  # (mean, std) of the pre-training log-mels, if stored
-    contents: Dict[str, Any]  # everything else the file holds (epoch, args, optimizer, ...)
-
-    @property
-    def has_decoder(self) -> bool:
-        return "decoder_embed.weight" in self.state_dict
+SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath]
 
 
 def read_file(path) -> Dict[str, Any]:
@@ -52,9 +36,9 @@ def read_file(path) -> Dict[str, Any]:
             # Memory-mapped: only the tensors that are used (e.g. not the decoder) are ever read.
             contents = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: refused to load: it holds Python objects other than tensors, plain containers "
-                         f"and argparse.Namespace, and unpickling them could run code. Loader said: "
-                         f"{str(e).splitlines()[0]}") from None
+        raise ValueError(f"{path}: refused to load: it holds Python objects other than tensors, plain containers, "
+                         f"argparse.Namespace and pathlib.PosixPath, and unpickling them could run code. Loader "
+                         f"said: {str(e).splitlines()[0]}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint (corrupted or truncated?): "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -64,115 +48,68 @@ def read_file(path) -> Dict[str, Any]:
     return contents
 
 
-def _split_contents(path: Path, contents: Dict[str, Any]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    if isinstance(contents.get("model"), dict):
-        state_dict, rest = contents["model"], {k: v for k, v in contents.items() if k != "model"}
-    elif contents and all(isinstance(v, torch.Tensor) for v in contents.values()):
-        state_dict, rest = contents, {}
-    else:
-        raise ValueError(f"{path}: holds neither a state dict nor {{'model': state_dict, ...}} "
-                         f"(top-level keys: {sorted(map(str, contents))[:10]})")
-    for prefix in STATE_DICT_PREFIXES:
-        if all(k.startswith(prefix) for k in state_dict):
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
-    if "patch_embed.proj.weight" not in state_dict or "pos_embed" not in state_dict:
-        raise ValueError(f"{path}: not an MSM-MAE state dict: it has no 'patch_embed.proj.weight' or "
-                         f"'pos_embed' (keys start with: {sorted(state_dict)[:5]})")
-    return state_dict, rest
+def load_checkpoint(path, family: Optional[Union[str, Family]] = None, unit_frames: Optional[int] = None
+                    ) -> Checkpoint:
+    """Read `path` as a checkpoint of `family` (detected from the file when None).
 
-
-def _stored_input_size(path: Path, rest: Dict[str, Any]) -> Optional[Tuple[int, int]]:
-    args = rest.get("args")
-    value = getattr(args, "input_size", None) if args is not None else None
-    if isinstance(value, str):
-        value = [int(v) for v in value.split("x")]
-    if value is not None:
-        return tuple(int(v) for v in value)
-    match = FOLDER_NAME.search(path.parent.name)
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def _count_blocks(state_dict: Dict[str, torch.Tensor], prefix: str) -> int:
-    indices = {int(k.split(".")[1]) for k in state_dict if k.startswith(prefix + ".")}
-    return max(indices) + 1 if indices else 0
-
-
-def infer_config(path: Path, state_dict: Dict[str, torch.Tensor], rest: Dict[str, Any]) -> MAEConfig:
-    """MAEConfig for a state dict: stored config first, then args / folder name, then shapes."""
-    if isinstance(rest.get("config"), dict):
-        known = {f.name for f in fields(MAEConfig)}
-        return MAEConfig(**{k: v for k, v in rest["config"].items() if k in known})
-    embed_dim, _, pf, pt = state_dict["patch_embed.proj.weight"].shape
-    use_cls_token = "cls_token" in state_dict
-    num_patches = state_dict["pos_embed"].shape[1] - int(use_cls_token)
-    input_size = _stored_input_size(path, rest)
-    if input_size is None:  # 80 mel bins; the time width follows from the number of patches
-        gf = N_MELS // pf
-        if num_patches % gf:
-            raise ValueError(f"{path}: {num_patches} patches do not fit {gf} frequency patches of {pf} bins")
-        input_size = (N_MELS, num_patches // gf * pt)
-    args = rest.get("args")
-    kwargs = dict(input_size=input_size, patch_size=(pf, pt), embed_dim=embed_dim,
-                  depth=_count_blocks(state_dict, "blocks"), num_heads=embed_dim // 64,
-                  mlp_ratio=state_dict["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
-                  use_cls_token=use_cls_token, norm_pix_loss=bool(getattr(args, "norm_pix_loss", False)))
-    if "decoder_embed.weight" in state_dict:
-        width = state_dict["decoder_embed.weight"].shape[0]
-        kwargs.update(decoder_embed_dim=width, decoder_depth=_count_blocks(state_dict, "decoder_blocks"),
-                      decoder_num_heads=max(width // 64, 1))
-    try:
-        config = MAEConfig(**kwargs)
-    except ValueError as e:
-        raise ValueError(f"{path}: inconsistent model configuration: {e}") from None
-    if config.num_patches != num_patches:
-        raise ValueError(f"{path}: input size {config.input_size} with patches {config.patch_size} makes "
-                         f"{config.num_patches} patches, but pos_embed has {num_patches}")
-    return config
-
-
-def load_checkpoint(path) -> Checkpoint:
+    A file that looks like another family's is refused with an error naming that family.
+    `unit_frames`: input width for families whose unit length is free (AST, BEATs).
+    """
     path = Path(path)
     contents = read_file(path)
-    state_dict, rest = _split_contents(path, contents)
-    config = infer_config(path, state_dict, rest)
-    stats = rest.get("norm_stats")
-    norm_stats = (float(stats["mean"]), float(stats["std"])) if isinstance(stats, dict) else None
-    return Checkpoint(path, config, state_dict, norm_stats, rest)
+    found = detect_family(contents)
+    if isinstance(family, str):
+        family = get_family(family)
+    if family is None:
+        if found is None:
+            keys = sorted(map(str, contents))[:6]
+            raise ValueError(f"{path}: not a checkpoint of any family this package knows (MSM-MAE, M2D, Audio-MAE, "
+                             f"AST, BEATs); its top-level keys start with {keys}")
+        family = found
+    elif found is not None and found is not family:
+        raise ValueError(f"{path}: this looks like a {found.title} checkpoint, not {family.title}; load it with "
+                         f"{found.module} (or family={found.name!r})")
+    return family.read(path, contents, unit_frames=unit_frames)
+
+
+def _fill(module: nn.Module, state_dict: Dict[str, torch.Tensor], path: Path, config, device, dtype) -> nn.Module:
+    """Load `state_dict` into `module` (built on meta) strictly; errors list what does not fit."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = [f"{k}: file {tuple(v.shape)}, model {tuple(expected[k].shape)}"
+                   for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
+    problems = ([f"missing {missing[:8]}"] if missing else []) + \
+               ([f"unexpected {unexpected[:8]}"] if unexpected else []) + wrong_shape[:8]
+    if problems:
+        raise ValueError(f"{path}: weights do not fit the configuration {config}: " + "; ".join(problems))
+    # copies: weights allocated once in their final place, never aliasing the memory-mapped file
+    module.load_state_dict({k: v.to(device, dtype, copy=True) for k, v in state_dict.items()}, assign=True)
+    return module
+
+
+def build_encoder(checkpoint: Checkpoint, device="cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The checkpoint's encoder (its family's: VisionTransformer or BEATsEncoder) with its weights, on
+    `device` in `dtype`, in eval mode."""
+    with torch.device("meta"):
+        encoder = checkpoint.family.encoder(checkpoint.config)
+    return _fill(encoder, checkpoint.state_dict, checkpoint.path, checkpoint.config, device, dtype).eval()
 
 
 def build_model(checkpoint: Checkpoint, decoder: bool = False, device="cpu",
                 dtype: torch.dtype = torch.float32) -> MaskedAutoencoder:
-    """A MaskedAutoencoder with the checkpoint's weights on `device` in `dtype` (decoder if asked for).
-
-    The model is built on the meta device and takes copies of the loaded tensors, so the weights
-    are allocated once, in their final place, and never alias the memory-mapped file.
-    """
-    if decoder and not checkpoint.has_decoder:
+    """An MSM-MAE MaskedAutoencoder with the checkpoint's weights (and decoder, if asked for)."""
+    if not isinstance(checkpoint.config, MAEConfig):
+        raise ValueError(f"{checkpoint.path}: a {checkpoint.family.title} checkpoint, not an MSM-MAE one")
+    if decoder and not checkpoint.decoder_state_dict:
         raise ValueError(f"{checkpoint.path}: has no decoder weights (encoder-only checkpoint)")
     with torch.device("meta"):
         model = MaskedAutoencoder(checkpoint.config, decoder=decoder)
-    expected = model.state_dict()
-    given = {k: v for k, v in checkpoint.state_dict.items() if k in expected}
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(k for k in checkpoint.state_dict
-                        if k not in expected and (decoder or not _is_decoder_key(k)))
-    wrong_shape = [f"{k}: file {tuple(v.shape)}, model {tuple(expected[k].shape)}"
-                   for k, v in given.items() if v.shape != expected[k].shape]
-    problems = ([f"missing {missing[:8]}"] if missing else []) + \
-               ([f"unexpected {unexpected[:8]}"] if unexpected else []) + wrong_shape[:8]
-    if problems:
-        raise ValueError(f"{checkpoint.path}: weights do not fit the configuration {checkpoint.config}: "
-                         + "; ".join(problems))
-    model.load_state_dict({k: v.to(device, dtype, copy=True) for k, v in given.items()}, assign=True)
-    return model
+    weights = {**checkpoint.state_dict, **(checkpoint.decoder_state_dict if decoder else {})}
+    return _fill(model, weights, checkpoint.path, checkpoint.config, device, dtype)
 
 
-def _is_decoder_key(key: str) -> bool:
-    return key.startswith("decoder_") or key == "mask_token"
-
-
-def save_checkpoint(path, model: MaskedAutoencoder, *, norm_stats: Optional[Tuple[float, float]] = None,
-                    **extra: Any) -> None:
+def save_checkpoint(path, model: MaskedAutoencoder, *, norm_stats=None, **extra: Any) -> None:
     """Write `{'model', 'config', 'norm_stats', **extra}` atomically (temporary file, then rename)."""
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     contents = {"model": state_dict, "config": model.config.to_dict(), **extra}

@@ -1,34 +1,42 @@
-"""From a batch of waveforms to MSM-MAE frame, scene and timestamp embeddings.
+"""From a batch of waveforms to frame, scene and timestamp embeddings, for every family.
 
-One clip's path: waveform (B, S) -> log-mel (B, 80, T) -> normalised -> cut into units of the
+One clip's path: waveform (B, S) -> front end (B, F, T) -> normalised -> cut into units of the
 model's input width (W frames) -> every unit of every clip through the encoder in bounded batches
--> per unit (n, [1 +] gf * cols, D) -> one embedding per patch column, the gf frequency patches
-concatenated (cols, gf * D) -> columns of all units in time order (B, ceil(T / pt), gf * D).
+-> per unit and layer (n, prefix + gf * cols, D) tokens -> one embedding per patch column, its gf
+frequency patches concatenated (gf * D) or averaged (D) -> columns of all units in time order.
+
+The token grid (TokenGrid) is all the engine knows of a model: column c covers frames
+[c * st, c * st + pt) (st = pt for side-by-side patches, less where they overlap, as in AST), a
+unit holds K = (W - pt) // st + 1 columns, and unit u starts at frame u * K * st, so the columns of
+consecutive units continue the same grid.
 
 Two modes:
   "default"   fixed normalisation statistics, so a clip's embedding does not depend on its
-              batch-mates; the last unit is only as wide as the columns it needs, with the
-              positional embedding cut to that width.
-  "reference" the original MSM-MAE HEAR wrapper: the whole batch normalised by its own mean and
-              std, the last unit zero-padded to the full width, padded columns dropped.
+              batch-mates; the last unit is only as wide as the columns it needs (the position
+              table cut to that width), unless the family pads it to the full width, as its
+              reference's fixed input length does (Audio-MAE, AST).
+  "reference" the family's original HEAR wrapper (MSM-MAE: the whole batch normalised by its own
+              mean and std, the last unit zero-padded to the full width, padded columns dropped;
+              M2D: as the default mode), with its timestamps: frame starts i * duration / n, one
+              embedding per patch column.
+
+Timestamp embeddings at a hop h finer than the column step st: the features are encoded st / h
+times, each copy shifted by one more hop, and the columns interleaved, so embedding i covers frames
+[i * h - lead, i * h - lead + pt): real finer resolution, not repeated frames. A timestamp is the
+centre of the frames its embedding covers.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .frontend import HOP_LENGTH, SAMPLE_RATE, LogMelSpectrogram
-from .model import MaskedAutoencoder
+from .family import Checkpoint, Family, TokenGrid
 
-# Log-mel statistics of AudioSet for this front end (as in NTT's M2D runtime), for checkpoints
-# that store none.
-AUDIOSET_NORM_STATS = (-7.1, 4.2)
-FRAME_MS = HOP_LENGTH * 1000 / SAMPLE_RATE  # 10 ms
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -36,11 +44,18 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class EmbedderOptions:
     mode: str = "default"  # "default" or "reference" (see the module docstring)
     norm_mean: Optional[float] = None  # fixed statistics for the default mode; None: the checkpoint's,
-    norm_std: Optional[float] = None  # or AudioSet's for checkpoints that store none
-    timestamp_hop_ms: float = 40.0  # a whole number of 10 ms frames dividing the patch width
+    norm_std: Optional[float] = None  # or the family's defaults for checkpoints that store none
+    timestamp_hop_ms: Optional[float] = None  # a whole number of frames dividing the column step;
+    #                                           None: the family's default (the column step in "reference")
     dtype: str = "auto"  # encoder weights and compute: "auto" (bfloat16 where the hardware is fast at it),
     #                      "float32", "bfloat16", "float16"; the front end and the outputs are float32
     batch_units: int = 64  # encoder work per call, in full input units
+    freq_pool: Optional[str] = None  # a column's frequency patches "concat"-enated or "mean"-ed; None: the family's
+    layers: Union[None, str, Sequence[int]] = None  # encoder layers of the embedding: None (the final output),
+    #                                                 indices (0 = embedded input, -1 = final) or "all" (1..depth)
+    layer_pool: str = "concat"  # several layers: "concat" or "mean"
+    scene: str = "frames"  # "frames": the mean of the frame embeddings; "pooled": the model's own clip output
+    unit_frames: Optional[int] = None  # input width in frames, for families where it is free (AST, BEATs)
 
     def __post_init__(self):
         if self.mode not in ("default", "reference"):
@@ -53,6 +68,16 @@ class EmbedderOptions:
             raise ValueError(f"norm_std must be positive, got {self.norm_std}")
         if int(self.batch_units) < 1:
             raise ValueError(f"batch_units must be at least 1, got {self.batch_units}")
+        if self.freq_pool not in (None, "concat", "mean"):
+            raise ValueError(f"freq_pool must be 'concat' or 'mean', got {self.freq_pool!r}")
+        if self.layer_pool not in ("concat", "mean"):
+            raise ValueError(f"layer_pool must be 'concat' or 'mean', got {self.layer_pool!r}")
+        if self.scene not in ("frames", "pooled"):
+            raise ValueError(f"scene must be 'frames' or 'pooled', got {self.scene!r}")
+        if isinstance(self.layers, str) and self.layers != "all" or \
+                isinstance(self.layers, (list, tuple)) and (not self.layers or
+                                                             not all(isinstance(k, int) for k in self.layers)):
+            raise ValueError(f"layers must be a non-empty list of layer indices or 'all', got {self.layers!r}")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "EmbedderOptions":
@@ -87,146 +112,217 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class Embedder(nn.Module):
-    """The model object of the HEAR API: front end + MSM-MAE encoder + embedding options."""
+    """The model object of the HEAR API: front end + encoder + token grid + embedding options."""
 
-    sample_rate = SAMPLE_RATE
-
-    def __init__(self, encoder: MaskedAutoencoder, options: EmbedderOptions,
-                 norm_stats: Optional[Tuple[float, float]] = None):
+    def __init__(self, encoder: nn.Module, checkpoint: Checkpoint, options: EmbedderOptions):
         super().__init__()
-        self.frontend = LogMelSpectrogram()
+        family: Family = checkpoint.family
+        self.family, self.grid, self.options = family, checkpoint.grid, options
+        grid = self.grid
+        self.frontend = family.frontend()
         self.encoder = encoder
-        self.options = options
-        config = encoder.config
-        self.patch_frames = config.patch_size[1]
-        self.unit_frames = config.input_size[1]
-        self.freq_patches = config.grid_size[0]
+        self.sample_rate = self.frontend.sample_rate
+        self.frame_ms = self.frontend.hop_length * 1000 / self.sample_rate
+        reference = options.mode == "reference"
+        if reference and family.reference is None:
+            raise ValueError(f"{family.title} has no reference HEAR wrapper to reproduce; use mode='default'")
+        self.batch_stats = reference and family.reference.batch_norm_stats
+        self.pad_last_unit = family.reference.pad_last_unit if reference else family.pad_last_unit
         if options.norm_mean is not None:
             self.norm_stats = (float(options.norm_mean), float(options.norm_std))
         else:
-            self.norm_stats = norm_stats or AUDIOSET_NORM_STATS
-        hop_frames = options.timestamp_hop_ms / FRAME_MS
-        if hop_frames != int(hop_frames) or hop_frames < 1 or self.patch_frames % int(hop_frames):
-            raise ValueError(f"timestamp_hop_ms must be a multiple of {FRAME_MS:g} ms that divides the "
-                             f"{self.patch_frames * FRAME_MS:g} ms patch width, got {options.timestamp_hop_ms}")
+            self.norm_stats = checkpoint.norm_stats or family.default_norm_stats
+        self.norm_scale = family.norm_scale
+        mean, std = self.norm_stats
+        self.pad_value = 0.0 if family.pad_raw is None or self.batch_stats else \
+            (family.pad_raw - mean) / (self.norm_scale * std)
+
+        self.layers = list(range(1, encoder.depth + 1)) if options.layers == "all" else \
+            (list(options.layers) if options.layers is not None else [-1])
+        self.freq_pool = options.freq_pool or family.freq_pool
+        if options.scene == "pooled":
+            if getattr(encoder, "vit_config", None) is None or encoder.vit_config.pool is None:
+                raise ValueError(f"this {family.title} checkpoint has no clip-level output (scene='pooled' needs "
+                                 "a fine-tuned Audio-MAE or an AST); use scene='frames'")
+        per_layer = grid.embed_dim * (grid.freq_patches if self.freq_pool == "concat" else 1)
+        self.timestamp_embedding_size = per_layer * (len(self.layers) if options.layer_pool == "concat" else 1)
+        self.scene_embedding_size = grid.embed_dim if options.scene == "pooled" else self.timestamp_embedding_size
+
+        step_ms = grid.column_stride * self.frame_ms
+        hop_ms = options.timestamp_hop_ms
+        if hop_ms is None:
+            hop_ms = step_ms if reference else family.timestamp_hop_ms
+        hop_frames = hop_ms / self.frame_ms
+        if hop_frames != int(hop_frames) or hop_frames < 1 or grid.column_stride % int(hop_frames):
+            raise ValueError(f"timestamp_hop_ms must be a multiple of {self.frame_ms:g} ms that divides the "
+                             f"{step_ms:g} ms step between patch columns, got {hop_ms}")
+        if reference and hop_ms != step_ms:
+            raise ValueError(f"mode='reference' reproduces the original wrapper's timestamps, one per patch column "
+                             f"({step_ms:g} ms); for timestamp_hop_ms={hop_ms:g} use mode='default'")
         self.hop_frames = int(hop_frames)
-        self.scene_embedding_size = int(config.frame_embedding_size)
-        self.timestamp_embedding_size = int(config.frame_embedding_size)
 
     @property
     def device(self) -> torch.device:
-        return self.encoder.pos_embed.device
+        return next(self.encoder.parameters()).device
 
     @property
     def compute_dtype(self) -> torch.dtype:
         """The encoder's dtype (set by load_model from the dtype option)."""
-        return self.encoder.pos_embed.dtype
+        return next(self.encoder.parameters()).dtype
 
-    # -- waveform -> normalised log-mel -------------------------------------------------------------
+    # -- waveform -> normalised features ------------------------------------------------------------
 
-    def normalised_log_mel(self, audio: torch.Tensor) -> torch.Tensor:
-        """(B, S) -> (B, 80, T), normalised by fixed or per-batch statistics (see the mode)."""
-        lms = self.frontend(audio)
-        if self.options.mode == "reference":
-            mean, std = lms.mean(), lms.std()
+    def normalised_features(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, S) -> (B, F, T), normalised by fixed or per-batch statistics (see the mode)."""
+        x = self.frontend(audio)
+        if self.batch_stats:
+            mean, std = x.mean(), x.std()
         else:
             mean, std = self.norm_stats
-        return lms.sub_(mean).div_(std)
+        return x.sub_(mean).div_(self.norm_scale * std)
 
-    # -- normalised log-mel -> column embeddings ---------------------------------------------------
+    # -- normalised features -> column embeddings ---------------------------------------------------
 
     def encode_units(self, units: torch.Tensor) -> torch.Tensor:
-        """(n, 1, F, w) with w a multiple of the patch width -> (n, w / pt, gf * D) in float32."""
-        tokens = self.encoder.forward_encoder(units.to(self.compute_dtype))  # (n, [1 +] gf * cols, D)
-        tokens = tokens[:, int(self.encoder.config.use_cls_token):].float()
-        n, cols = units.shape[0], units.shape[-1] // self.patch_frames
-        # (n, gf * cols, D) frequency-major -> (n, cols, gf * D)
-        return tokens.reshape(n, self.freq_patches, cols, -1).permute(0, 2, 1, 3).reshape(n, cols, -1)
+        """(n, 1, F, w) units -> (n, cols, E) column embeddings in float32."""
+        g = self.grid
+        outputs = self.encoder.encode(units.to(self.compute_dtype), self.layers)  # [(n, prefix + gf * cols, D)]
+        columns = []
+        for tokens in outputs:
+            n = tokens.shape[0]
+            patches = tokens[:, g.num_prefix_tokens:].float().reshape(n, g.freq_patches, -1, g.embed_dim)
+            if self.freq_pool == "mean":
+                columns.append(patches.mean(dim=1))  # (n, cols, D)
+            else:  # (n, gf, cols, D) -> (n, cols, gf * D), frequency patches side by side
+                columns.append(patches.permute(0, 2, 1, 3).reshape(n, patches.shape[2], -1))
+        if len(columns) == 1:
+            return columns[0]
+        return torch.cat(columns, dim=-1) if self.options.layer_pool == "concat" else torch.stack(columns).mean(0)
 
-    def column_chunks(self, lms: torch.Tensor) -> Iterator[Tuple[slice, int, torch.Tensor]]:
-        """Encode (B, F, T) in bounded batches; yield (clips, first column, (b, cols, gf * D)).
+    def units(self, n_columns: int) -> Iterator[Tuple[int, int, int]]:
+        """(first column, columns, width in frames) of each unit covering columns 0 .. n_columns - 1."""
+        g = self.grid
+        for first in range(0, n_columns, g.unit_columns):
+            columns = min(g.unit_columns, n_columns - first)
+            width = g.unit_frames if columns == g.unit_columns or self.pad_last_unit else g.frames_for(columns)
+            yield first, columns, width
 
-        Together the chunks cover columns 0 .. ceil(T / pt) - 1 of every clip (possibly more: the
-        caller keeps what it needs). Full units of all clips share encoder calls; the last unit is
-        zero-padded to the full width in the reference mode, to the next patch otherwise.
-        """
-        n_clips, n_mels, total = lms.shape
-        unit, pt = self.unit_frames, self.patch_frames
-        cols = unit // pt  # patch columns per full unit
-        batch = self.options.batch_units  # full units per encoder call
-        full_units, rest = divmod(total, unit)
+    def unit_batches(self, x: torch.Tensor, n_columns: int) -> Iterator[Tuple[slice, int, torch.Tensor]]:
+        """Cut normalised (B, F, T) into units for columns 0 .. n_columns - 1 and batch them for the
+        encoder: yield (clips, first column, units (b * k, 1, F, w)), k consecutive units per clip.
 
+        Full units of all clips share encoder calls, at most `batch_units` units per call; the
+        features are padded at the end (pad_value) to the frames the units need."""
+        g = self.grid
+        n_clips, n_bins, _ = x.shape
+        unit_hop = g.unit_columns * g.column_stride  # frames between consecutive unit starts
+        units = list(self.units(n_columns))
+        end = max(first * g.column_stride + width for first, _, width in units)
+        x = nn.functional.pad(x, (0, max(0, end - x.shape[-1])), value=self.pad_value)
+        batch = self.options.batch_units
+        full = [u for u in units if u[2] == g.unit_frames]
         clips_per_call = min(n_clips, batch)
         for c0 in range(0, n_clips, clips_per_call):
             clips = slice(c0, min(c0 + clips_per_call, n_clips))
             units_per_clip = max(1, batch // (clips.stop - c0))
-            for u0 in range(0, full_units, units_per_clip):
-                u1 = min(u0 + units_per_clip, full_units)
-                x = lms[clips, :, u0 * unit:u1 * unit]  # (b, F, k * W)
-                b, k = x.shape[0], u1 - u0
-                x = x.reshape(b, n_mels, k, unit).transpose(1, 2).reshape(b * k, 1, n_mels, unit)
-                yield clips, u0 * cols, self.encode_units(x).reshape(b, k * cols, -1)
-        if rest:
-            width = unit if self.options.mode == "reference" else math.ceil(rest / pt) * pt
-            x = nn.functional.pad(lms[:, :, full_units * unit:], (0, width - rest)).unsqueeze(1)  # (B, 1, F, w)
-            clips_per_call = max(1, batch * unit // width)
+            for u0 in range(0, len(full), units_per_clip):
+                k = min(units_per_clip, len(full) - u0)
+                start = u0 * unit_hop
+                # (b, F, k, W) views of overlapping or adjacent windows -> (b * k, 1, F, W)
+                windows = x[clips, :, start:start + (k - 1) * unit_hop + g.unit_frames].unfold(-1, g.unit_frames,
+                                                                                              unit_hop)
+                yield clips, u0 * g.unit_columns, windows.transpose(1, 2).reshape(-1, 1, n_bins, g.unit_frames)
+        for first, _, width in units[len(full):]:  # the short last unit
+            start = first * g.column_stride
+            rest = x[:, :, start:start + width].unsqueeze(1)  # (B, 1, F, w)
+            clips_per_call = max(1, batch * g.unit_frames // width)
             for c0 in range(0, n_clips, clips_per_call):
                 clips = slice(c0, min(c0 + clips_per_call, n_clips))
-                yield clips, full_units * cols, self.encode_units(x[clips])
+                yield clips, first, rest[clips]
+
+    def column_chunks(self, x: torch.Tensor, n_columns: int) -> Iterator[Tuple[slice, int, torch.Tensor]]:
+        """Yield (clips, first column, (b, cols, E)) covering columns 0 .. n_columns - 1 of normalised (B, F, T)."""
+        for clips, first, units in self.unit_batches(x, n_columns):
+            b = clips.stop - clips.start
+            yield clips, first, self.encode_units(units).reshape(b, -1, self.timestamp_embedding_size)
 
     # -- embeddings ---------------------------------------------------------------------------------
 
-    def fill_columns(self, lms: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Write the first out.shape[1] column embeddings of normalised (B, F, T) into out (B, n, E)."""
-        for clips, col, emb in self.column_chunks(lms):
-            take = min(emb.shape[1], out.shape[1] - col)
-            if take > 0:
-                out[clips, col:col + take] = emb[:, :take]
+    def fill_columns(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Write the first out.shape[1] column embeddings of normalised (B, F, T) into out (B, n, E).
+
+        The features are encoded whole (every column covering them), however few columns are kept, so
+        a column's embedding never depends on how many are asked for."""
+        n_columns = max(self.native_columns(x.shape[-1]), out.shape[1])
+        for clips, first, emb in self.column_chunks(x, n_columns):
+            take = min(emb.shape[1], out.shape[1] - first)
+            out[clips, first:first + take] = emb[:, :take]
         return out
 
-    def frame_embeddings(self, lms: torch.Tensor) -> torch.Tensor:
-        """Normalised (B, F, T) -> native frame embeddings (B, ceil(T / pt), gf * D), one per column."""
-        n_cols = math.ceil(lms.shape[-1] / self.patch_frames)
-        return self.fill_columns(lms, lms.new_empty(lms.shape[0], n_cols, self.timestamp_embedding_size))
+    def native_columns(self, frames: int) -> int:
+        return self.grid.columns_for(frames)
+
+    def frame_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, F, T) -> native frame embeddings (B, columns, E), one per patch column."""
+        n = self.native_columns(x.shape[-1])
+        return self.fill_columns(x, x.new_empty(x.shape[0], n, self.timestamp_embedding_size))
 
     def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
-        """(B, S) -> (B, gf * D): the mean of the native frame embeddings, accumulated chunk by chunk."""
-        lms = self.normalised_log_mel(audio)
-        n_cols = math.ceil(lms.shape[-1] / self.patch_frames)
-        total = lms.new_zeros(lms.shape[0], self.scene_embedding_size)
-        for clips, col, emb in self.column_chunks(lms):
-            total[clips] += emb[:, :n_cols - col].sum(dim=1)
-        return total / n_cols
+        """(B, S) -> (B, E): the mean of the native frame embeddings (accumulated chunk by chunk), or with
+        scene="pooled" the mean over units of the model's own clip-level output."""
+        x = self.normalised_features(audio)
+        n = self.native_columns(x.shape[-1])
+        total = x.new_zeros(x.shape[0], self.scene_embedding_size)
+        if self.options.scene == "pooled":
+            counts = x.new_zeros(x.shape[0], 1)
+            for clips, _, units in self.unit_batches(x, n):
+                b = clips.stop - clips.start
+                tokens = self.encoder.encode(units.to(self.compute_dtype))[0]
+                pooled = self.encoder.pooled(tokens).float().reshape(b, -1, self.scene_embedding_size)
+                total[clips] += pooled.sum(dim=1)
+                counts[clips] += pooled.shape[1]
+            return total / counts
+        for clips, first, emb in self.column_chunks(x, n):
+            total[clips] += emb[:, :n - first].sum(dim=1)
+        return total / n
 
     def lead_frames(self) -> int:
-        """Zero frames put before the spectrogram for timestamp embeddings: the fewest hops that bring
-        the first centre within one hop of the start (a column starting at frame 0 is centred at 75 ms)."""
-        first_centre = (self.patch_frames - 1) / 2
-        return self.hop_frames * max(0, math.ceil((first_centre - self.hop_frames) / self.hop_frames))
+        """Padding frames put before the features for timestamp embeddings: the fewest hops that bring the
+        first centre within one hop of the start."""
+        first_centre_ms = (self.grid.patch_frames - 1) / 2 * self.frame_ms + self.frontend.frame_offset_ms
+        hop_ms = self.hop_frames * self.frame_ms
+        return self.hop_frames * max(0, math.ceil((first_centre_ms - hop_ms) / hop_ms))
 
     def timestamps(self, num_samples: int) -> torch.Tensor:
-        """Centres (ms) of the patch columns starting every hop from -lead frames: (n,), in the audio."""
-        duration_ms = num_samples * 1000 / SAMPLE_RATE
-        hop_ms = self.hop_frames * FRAME_MS
-        first_ms = ((self.patch_frames - 1) / 2 - self.lead_frames()) * FRAME_MS
-        total = num_samples // HOP_LENGTH + 1 + self.lead_frames()
-        n = min(math.floor((duration_ms - first_ms) / hop_ms) + 1, math.ceil(total / self.hop_frames))
+        """Centres (ms) of the columns starting every hop from -lead frames: (n,), inside the audio."""
+        duration_ms = num_samples * 1000 / self.sample_rate
+        hop_ms = self.hop_frames * self.frame_ms
+        first_ms = ((self.grid.patch_frames - 1) / 2 - self.lead_frames()) * self.frame_ms + \
+            self.frontend.frame_offset_ms
+        frames = self.frontend.num_frames(num_samples) + self.lead_frames()
+        n = min(math.floor((duration_ms - first_ms) / hop_ms) + 1, math.ceil(frames / self.hop_frames))
         if n < 1:  # shorter than the first centre: one embedding, centred on the clip
             return torch.tensor([duration_ms / 2], dtype=torch.float64)
         return torch.arange(n, dtype=torch.float64) * hop_ms + first_ms
 
     def timestamp_embeddings(self, audio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) -> ((B, n, gf * D), (B, n) ms): columns starting every hop, finer than the patch width.
-
-        The spectrogram, led by lead_frames() zero (mean) frames, is encoded pt / hop times, each copy
-        shifted by one more hop; embedding i is column i // shifts of copy i % shifts and covers
-        frames [i * hop - lead, i * hop - lead + pt).
-        """
+        """(B, S) -> ((B, n, E), (B, n) ms)."""
+        if self.options.mode == "reference":
+            return self.reference_timestamp_embeddings(audio)
         times = self.timestamps(audio.shape[-1])
-        lms = nn.functional.pad(self.normalised_log_mel(audio), (self.lead_frames(), 0))
-        shifts = self.patch_frames // self.hop_frames
-        out = lms.new_empty(lms.shape[0], len(times), self.timestamp_embedding_size)
+        lead = self.lead_frames()
+        x = nn.functional.pad(self.normalised_features(audio), (lead, 0), value=self.pad_value)
+        shifts = self.grid.column_stride // self.hop_frames
+        out = x.new_empty(x.shape[0], len(times), self.timestamp_embedding_size)
         for shift in range(min(shifts, len(times))):
-            self.fill_columns(lms[:, :, shift * self.hop_frames:], out[:, shift::shifts])
+            self.fill_columns(x[:, :, shift * self.hop_frames:], out[:, shift::shifts])
         stamps = times.to(torch.float32).to(audio.device).repeat(audio.shape[0], 1)
         return out, stamps
+
+    def reference_timestamp_embeddings(self, audio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The original wrapper's output: native frames at starts i * duration / n (not centres)."""
+        frames = self.frame_embeddings(self.normalised_features(audio))
+        n = frames.shape[1]
+        step_s = audio.shape[-1] / self.sample_rate / n
+        stamps = torch.tensor([i * step_s * 1000 for i in range(n)], dtype=torch.float32, device=audio.device)
+        return frames, stamps.repeat(audio.shape[0], 1)

@@ -80,7 +80,6 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
 def run_visualize(args: argparse.Namespace) -> None:
     from .audio import load_audio
     from .checkpoint import build_model, load_checkpoint
-    from .embedder import AUDIOSET_NORM_STATS
     from .frontend import HOP_LENGTH, SAMPLE_RATE, LogMelSpectrogram
     from .pretrain.data import crop_unit
 
@@ -89,7 +88,7 @@ def run_visualize(args: argparse.Namespace) -> None:
     try:
         checkpoint = load_checkpoint(args.checkpoint)
         model = build_model(checkpoint, decoder=True).eval()
-        mean, std = checkpoint.norm_stats or AUDIOSET_NORM_STATS
+        mean, std = checkpoint.norm_stats or checkpoint.family.default_norm_stats
         frontend = LogMelSpectrogram()
         start = round(args.start * SAMPLE_RATE / HOP_LENGTH)
         frames = checkpoint.config.input_size[1]

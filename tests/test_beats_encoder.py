@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hear_msm_mae.beats_encoder import BEATsConfig, BEATsEncoder, convert_state_dict
+from hear_msm_mae.beats import convert_state_dict
+from hear_msm_mae.beats_encoder import BEATsConfig, BEATsEncoder
+from hear_msm_mae.checkpoint import build_encoder, load_checkpoint
 
 from conftest import GOLDEN, GOLDEN_CASES, max_relative_error
 
@@ -48,7 +50,7 @@ def test_tokens(golden, case):
     checkpoint, arrays, spec = golden
     x = unit(arrays[f"{case}.features"])
     with torch.no_grad():
-        (tokens,) = load(checkpoint)(x)
+        (tokens,) = load(checkpoint).encode(x)
     expected = frequency_major(arrays[f"{case}.tokens"])
     assert tokens.shape == expected.shape == (x.shape[0], spec["cases"][case]["n_tokens"], 192)
     assert max_relative_error(tokens, expected) < 1e-4
@@ -62,7 +64,7 @@ def test_every_layer_and_the_steps_before_the_encoder(golden):
     for name, module in [("patch_embed", model.layer_norm), ("encoder_input", model.post_extract_proj)]:
         module.register_forward_hook(lambda m, i, out, name=name: seen.__setitem__(name, out))  # returns None
     with torch.no_grad():
-        states = model(unit(arrays["a_3x4s.features"]), layers=list(range(model.depth + 1)))
+        states = model.encode(unit(arrays["a_3x4s.features"]), layers=list(range(model.depth + 1)))
     hidden = arrays["unit.hidden_states"]
     assert len(states) == len(hidden) == model.depth + 1
     for layer, state in enumerate(states):
@@ -77,13 +79,13 @@ def test_layer_indices(golden):
     model = load(checkpoint)
     x = unit(arrays["c_1x1.07s.features"])
     with torch.no_grad():
-        first, last, final = model(x, layers=[-3, -1, 2])
-        (default,) = model(x)
-        (zero,) = model(x, layers=[0])
+        first, last, final = model.encode(x, layers=[-3, -1, 2])
+        (default,) = model.encode(x)
+        (zero,) = model.encode(x, layers=[0])
     assert torch.equal(last, final) and torch.equal(default, final) and torch.equal(first, zero)
     for bad in ([3], [-4], [1.0], []):
         with pytest.raises(ValueError):
-            model(x, layers=bad)
+            model.encode(x, layers=bad)
 
 
 def test_bad_input_shapes(golden):
@@ -91,7 +93,7 @@ def test_bad_input_shapes(golden):
     model = load(checkpoint)
     for shape in [(1, 1, 128, 40), (1, 1, 128, 0), (1, 1, 80, 32), (1, 2, 128, 32), (128, 32)]:
         with pytest.raises(ValueError, match="multiple of 16"):
-            model(torch.zeros(shape))
+            model.encode(torch.zeros(shape))
 
 
 def test_batch_independence(golden):
@@ -99,8 +101,8 @@ def test_batch_independence(golden):
     model = load(checkpoint)
     x = unit(arrays["b_2x13s.features"])
     with torch.no_grad():
-        (batch,) = model(x)
-        (alone,) = model(x[1:])
+        (batch,) = model.encode(x)
+        (alone,) = model.encode(x[1:])
     torch.testing.assert_close(alone[0], batch[1], rtol=0, atol=1e-5)
 
 
@@ -129,10 +131,10 @@ def test_the_last_copy_of_the_tied_table_wins(golden):
         model = load(checkpoint, changed)
         assert torch.equal(model.encoder.relative_attention_bias.weight, changed[TABLE.format(layers - 1)])
         with torch.no_grad():
-            return model(x)[0]
+            return model.encode(x)[0]
 
     with torch.no_grad():
-        (original,) = load(checkpoint)(x)
+        (original,) = load(checkpoint).encode(x)
     assert torch.equal(tokens_with(0), original)
     assert (tokens_with(layers - 1) - original).abs().max() > 1e-2
 
@@ -146,29 +148,21 @@ def test_builds_on_meta_and_loads_by_assignment(golden):
     assert not any(t.is_meta for t in model.state_dict().values())
     x = unit(arrays["c_1x1.07s.features"])
     with torch.no_grad():
-        assert torch.equal(model.eval()(x)[0], load(checkpoint)(x)[0])
+        assert torch.equal(model.eval().encode(x)[0], load(checkpoint).encode(x)[0])
 
 
-def test_finetuned_predictor(golden):
+def test_a_finetuned_file_loads_without_its_classifier(golden, tmp_path):
+    """Fine-tuned releases add cfg entries, the predictor and label_dict: the encoder is the same."""
     checkpoint, arrays, _ = golden
-    weight, bias = torch.randn(5, 192), torch.randn(5)
-    state = {**checkpoint["model"], "predictor.weight": weight, "predictor.bias": bias}
-    model = load(checkpoint, state, finetuned_model=True, predictor_class=5)
+    state = {**checkpoint["model"], "predictor.weight": torch.randn(5, 192), "predictor.bias": torch.randn(5)}
+    path = tmp_path / "BEATs_iter3_finetuned_on_AS2M_cpt2.pt"
+    torch.save({"cfg": {**checkpoint["cfg"], "finetuned_model": True, "predictor_class": 5,
+                        "predictor_dropout": 0.0}, "model": state, "label_dict": {0: "/m/09x0r"}}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.family.name == "beats" and loaded.contents["label_dict"] == {0: "/m/09x0r"}
+    x = unit(arrays["a_3x4s.features"])
     with torch.no_grad():
-        (tokens,) = model(unit(arrays["a_3x4s.features"]))
-        scores = model.clip_scores(tokens)
-    expected = torch.sigmoid(torch.stack([(clip @ weight.T + bias).mean(0) for clip in tokens]))
-    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
-    # The encoder alone, without the predictor's keys: the same tokens.
-    config = BEATsConfig.from_cfg(checkpoint["cfg"])
-    encoder = BEATsEncoder(config).eval()
-    encoder.load_state_dict(convert_state_dict(state, config, keep_predictor=False), strict=True)
-    with torch.no_grad():
-        assert torch.equal(encoder(unit(arrays["a_3x4s.features"]))[0], tokens)
-    with pytest.raises(ValueError, match="predictor"):
-        encoder.clip_scores(tokens)
-    with pytest.raises(RuntimeError, match="predictor"):  # kept by default: a strict load names them
-        encoder.load_state_dict(convert_state_dict(state, config), strict=True)
+        assert torch.equal(build_encoder(loaded).encode(x)[0], load(checkpoint).encode(x)[0])
 
 
 def test_config_errors(golden):
@@ -176,8 +170,6 @@ def test_config_errors(golden):
     cfg = checkpoint["cfg"]
     with pytest.raises(ValueError, match="'max_distance'"):
         BEATsConfig.from_cfg({k: v for k, v in cfg.items() if k != "max_distance"})
-    with pytest.raises(ValueError, match="'predictor_class'"):
-        BEATsConfig.from_cfg({**cfg, "finetuned_model": True})
     for key, value in [("layer_norm_first", True), ("deep_norm", False), ("gru_rel_pos", False),
                        ("activation_fn", "relu"), ("encoder_attention_heads", 5), ("input_patch_size", 10),
                        ("encoder_layers", 0), ("num_buckets", 2.5)]:
@@ -193,7 +185,7 @@ def test_equal_widths_need_no_projection():
     model = BEATsEncoder(config).eval()
     assert not any(k.startswith("post_extract_proj") for k in model.state_dict())
     with torch.no_grad():
-        (tokens,) = model(torch.randn(2, 1, 128, 48))
+        (tokens,) = model.encode(torch.randn(2, 1, 128, 48))
     assert tokens.shape == (2, 24, 64)
 
 
@@ -202,8 +194,8 @@ def test_bfloat16(golden):
     model = load(checkpoint)
     x = unit(arrays["b_2x13s.features"])
     with torch.no_grad():
-        (reference,) = model(x)
-        (tokens,) = model.to(torch.bfloat16)(x.to(torch.bfloat16))
+        (reference,) = model.encode(x)
+        (tokens,) = model.to(torch.bfloat16).encode(x.to(torch.bfloat16))
     assert tokens.dtype == torch.bfloat16 and torch.isfinite(tokens).all()
     cosine = torch.nn.functional.cosine_similarity(tokens.float(), reference, dim=-1)
     assert float(cosine.min()) > 0.99

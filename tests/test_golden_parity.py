@@ -47,8 +47,11 @@ def test_reference_mode_frames_and_scene(golden, case):
     model = hear_msm_mae.load_model(path, device="cpu", mode="reference", dtype="float32")
     audio = torch.from_numpy(arrays[f"{case}.audio"])
     with torch.inference_mode():
-        frames = model.frame_embeddings(model.normalised_log_mel(audio))
+        frames = model.frame_embeddings(model.normalised_features(audio))
     scene = hear_msm_mae.get_scene_embeddings(audio, model)
     assert frames.shape == arrays[f"{case}.frames_batchnorm"].shape
+    timestamp_frames, stamps = hear_msm_mae.get_timestamp_embeddings(audio, model)  # native columns, 160 ms
+    assert torch.equal(timestamp_frames, frames)
+    assert torch.equal(stamps, torch.from_numpy(arrays[f"{case}.timestamps_ref"]).float())
     assert max_relative_error(frames, arrays[f"{case}.frames_batchnorm"]) < 1e-4
     assert max_relative_error(scene, arrays[f"{case}.scene_batchnorm"]) < 1e-4

@@ -1,0 +1,82 @@
+"""Audio-MAE (Huang et al., "Masked Autoencoders that Listen", 2022): HEAR module `hear_msm_mae.audiomae`.
+
+Files (github.com/facebookresearch/AudioMAE): the pre-trained checkpoint {'model', 'optimizer',
+'epoch', 'scaler', 'args'} (args hold pathlib.PosixPath values), whose Swin decoder (decoder_*,
+mask_token, decoder_pos_embed) is dropped here by name; the AudioSet fine-tuned checkpoint, which has
+no final norm but fc_norm and the classifier head (dropped).
+Encoder: the shared ViT with a fused qkv bias and [CLS] over 16x16 patches of a 1024-frame x
+128-bin Kaldi fbank (front end: frontend.KaldiFbank, 'hanning' window, on wave - wave.mean()).
+Audio-MAE puts time first: its patch projection sees (time, mel) and its tokens are time-major, so
+the projection is transposed and the position table (a fixed sin-cos table, read from the file)
+permuted to this package's (mel, time) layout and frequency-major order; the tokens are the same.
+Normalisation: (fbank + 4.2677393) / (2 * 4.5689974), AudioSet's; units are padded to 1024 frames
+with zero fbank frames, as its dataloader pads clips. A fine-tuned file's clip-level output
+(scene="pooled") is fc_norm of the mean of the patch tokens.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F401  (the HEAR API)
+from .family import Checkpoint, Family, model_weights, strip_prefix
+from .frontend import KaldiFbank, KaldiFbankConfig
+from .vit import ViTConfig, VisionTransformer
+
+AUDIOSET_NORM_STATS = (-4.2677393, 4.5689974)
+MEL_BINS, PATCH = 128, 16
+DROPPED = re.compile(r"^(decoder_|mask_token$|head\.)")
+
+
+def _weights(contents: Dict[str, Any]) -> Dict[str, Any]:
+    return strip_prefix(model_weights(contents, "model"), "module.")
+
+
+def looks_like(contents: Dict[str, Any]) -> bool:
+    """Audio-MAE's args (audio_exp), its fine-tuned fc_norm, its Swin decoder, or its 8 x 64 patch table."""
+    weights = _weights(contents)
+    if "blocks.0.attn.qkv.bias" not in weights or "cls_token" not in weights or "dist_token" in weights:
+        return False
+    table = weights.get("pos_embed")
+    return bool(getattr(contents.get("args"), "audio_exp", False)) or "fc_norm.weight" in weights or \
+        "decoder_blocks.0.attn.tau" in weights or (table is not None and table.shape[1] == 1 + 8 * 64)
+
+
+def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None) -> Checkpoint:
+    args = contents.get("args")
+    if getattr(args, "use_custom_patch", False):
+        raise ValueError(f"{path}: trained with overlapping patches (use_custom_patch), which this package "
+                         "does not read")
+    weights = {k: v for k, v in _weights(contents).items() if not DROPPED.match(k)}
+    for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight"):
+        if key not in weights:
+            raise ValueError(f"{path}: not an Audio-MAE encoder: no {key!r} (keys start with {sorted(weights)[:5]})")
+    embed_dim = weights["patch_embed.proj.weight"].shape[0]
+    gf = MEL_BINS // PATCH
+    gt = (weights["pos_embed"].shape[1] - 1) // gf
+    depth = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
+    config = ViTConfig(input_size=(MEL_BINS, gt * PATCH), patch_size=(PATCH, PATCH), embed_dim=embed_dim, depth=depth,
+                       num_heads=embed_dim // 64, mlp_ratio=weights["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+                       qkv_bias="qkv", num_prefix_tokens=1, final_norm="norm.weight" in weights,
+                       pool="patches" if "fc_norm.weight" in weights else None)
+    if unit_frames is not None and unit_frames != config.input_size[1]:
+        raise ValueError(f"unit_frames is fixed at {config.input_size[1]} by this Audio-MAE checkpoint's "
+                         f"position table, got {unit_frames}")
+    # (time, mel) -> (mel, time): transpose the projection; time-major rows t * gf + f -> f * gt + t
+    weights["patch_embed.proj.weight"] = weights["patch_embed.proj.weight"].transpose(2, 3)
+    table = weights["pos_embed"]
+    patches = table[:, 1:].reshape(1, gt, gf, embed_dim).transpose(1, 2).reshape(1, gf * gt, embed_dim)
+    weights["pos_embed"] = torch.cat([table[:, :1], patches], dim=1)
+    rest = {k: v for k, v in contents.items() if k != "model"}
+    return Checkpoint(path, FAMILY, config, config.token_grid(), weights, None, rest)
+
+
+FAMILY = Family(
+    name="audiomae", title="Audio-MAE", looks_like=looks_like, read=read, encoder=VisionTransformer,
+    frontend=lambda: KaldiFbank(KaldiFbankConfig(window_type="hanning", subtract_clip_mean=True)),
+    default_norm_stats=AUDIOSET_NORM_STATS, norm_scale=2.0, pad_raw=0.0, pad_last_unit=True, freq_pool="mean")
+
+load_model = bind("audiomae")

@@ -1,0 +1,103 @@
+"""M2D (Niizumi et al., Masked Modeling Duo, 2023/2024), MSM-MAE's successor: HEAR module
+`hear_msm_mae.m2d`.
+
+Files (github.com/nttcslab/m2d releases; each zip unpacks to one folder named like the weights,
+`<model>-<F>x<T>p<pf>x<pt>[p<sr>]-<date>-<tags>[_enconly]/checkpoint-N.pth`): full training
+checkpoints {'model', 'optimizer', 'epoch', 'scaler', 'args'} with the target encoder
+(target_blocks, target_norm), the predictor (decoder_*, mask_token) and for some variants
+offline_predictor / CLAP projections, all dropped here by name; `_enconly` files (the bare encoder
+state dict); EVAR fine-tuned files (keys under module.ar.runtime.backbone., task head module.head.*).
+Encoder: the shared ViT with a fused qkv bias and [CLS], 16x16 (or 16x4, 80x2) patches of the same
+80-bin log-mel as MSM-MAE. Normalisation: the `norm_stats` (mean, std) stored in the weights, else
+(-7.1, 4.2) as M2D's runtime does for its 2022 files. The configuration comes from the args, else
+the shapes (heads = width / 64); the folder name only tells the sample rate.
+"Reference" mode reproduces the portable runtime (examples/portable_m2d.py): fixed statistics, the
+last unit cut to whole patches, timestamps i * duration / n.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F401  (the HEAR API)
+from .family import Checkpoint, Family, ReferenceRecipe, model_weights, strip_prefix
+from .frontend import LogMelSpectrogram
+from .vit import ViTConfig, VisionTransformer
+
+DEFAULT_NORM_STATS = (-7.1, 4.2)
+# weights of pre-training only (target encoder, predictor, CLAP projections) and EVAR's task head
+DROPPED = re.compile(r"^(target_|decoder_|mask_token$|offline_predictor\.|audio_proj\.|text_proj\.|logit_scale$|"
+                     r"module\.head\.)")
+SAMPLE_RATE_TAG = re.compile(r"^\d+x\d+p\d+x\d+p(\d+)k")
+
+
+def _weights(contents: Dict[str, Any]) -> Dict[str, Any]:
+    """The state dict, unwrapped as M2D's runtimes do: 'model', a 'backbone.' prefix, EVAR's prefix."""
+    weights = model_weights(contents, "model")
+    if any(k.startswith("backbone.") for k in weights):
+        weights = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
+    weights = {k.replace("module.ar.runtime.backbone.", ""): v for k, v in weights.items()}
+    return strip_prefix(weights, "module.", "_orig_mod.")
+
+
+def looks_like(contents: Dict[str, Any]) -> bool:
+    """A ViT with a fused qkv bias and one [CLS] token over 80-bin log-mel patches."""
+    weights = _weights(contents)
+    return "blocks.0.attn.qkv.bias" in weights and "cls_token" in weights and "dist_token" not in weights
+
+
+def _sample_rate(path: Path) -> int:
+    """M2D names its 32 kHz variants in the folder (`...-80x608p16x16p32k-...`); 16 kHz otherwise."""
+    parts = path.parent.name.split("-")
+    match = SAMPLE_RATE_TAG.match(parts[1]) if len(parts) > 1 else None
+    return int(match.group(1)) * 1000 if match else 16000
+
+
+def infer_config(path: Path, weights: Dict[str, Any], args) -> ViTConfig:
+    for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight"):
+        if key not in weights:
+            raise ValueError(f"{path}: not an M2D encoder: no {key!r} (keys start with {sorted(weights)[:5]})")
+    embed_dim, _, pf, pt = weights["patch_embed.proj.weight"].shape
+    num_patches = weights["pos_embed"].shape[1] - 1
+    input_size = getattr(args, "input_size", None)
+    if input_size is None:  # 80 mel bins; the time width follows from the number of patches
+        gf = LogMelSpectrogram.n_bins // pf
+        if num_patches % gf:
+            raise ValueError(f"{path}: {num_patches} patches do not fit {gf} frequency patches of {pf} bins")
+        input_size = (LogMelSpectrogram.n_bins, num_patches // gf * pt)
+    depth = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
+    try:
+        config = ViTConfig(input_size=input_size, patch_size=(pf, pt), embed_dim=embed_dim, depth=depth,
+                           num_heads=embed_dim // 64, mlp_ratio=weights["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+                           qkv_bias="qkv", num_prefix_tokens=1)
+    except ValueError as e:
+        raise ValueError(f"{path}: inconsistent model configuration: {e}") from None
+    if config.num_patches != num_patches:
+        raise ValueError(f"{path}: input size {config.input_size} with patches {config.patch_size} makes "
+                         f"{config.num_patches} patches, but pos_embed has {num_patches}")
+    return config
+
+
+def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None) -> Checkpoint:
+    sample_rate = _sample_rate(path)
+    if sample_rate != LogMelSpectrogram.sample_rate:
+        raise ValueError(f"{path}: a {sample_rate // 1000} kHz M2D variant (folder name); this package runs the "
+                         f"{LogMelSpectrogram.sample_rate // 1000} kHz front end only")
+    weights = {k: v for k, v in _weights(contents).items() if not DROPPED.match(k)}
+    stats = weights.pop("norm_stats", None)
+    norm_stats: Optional[Tuple[float, float]] = (float(stats[0]), float(stats[1])) if stats is not None else None
+    config = infer_config(path, weights, contents.get("args"))
+    if unit_frames is not None and unit_frames != config.input_size[1]:
+        raise ValueError(f"unit_frames is fixed at {config.input_size[1]} by this M2D checkpoint's position "
+                         f"table, got {unit_frames}")
+    rest = {k: v for k, v in contents.items() if k != "model"} if isinstance(contents.get("model"), dict) else {}
+    return Checkpoint(path, FAMILY, config, config.token_grid(), weights, norm_stats, rest)
+
+
+FAMILY = Family(
+    name="m2d", title="M2D", looks_like=looks_like, read=read, encoder=VisionTransformer,
+    frontend=LogMelSpectrogram, default_norm_stats=DEFAULT_NORM_STATS,
+    reference=ReferenceRecipe(batch_norm_stats=False, pad_last_unit=False))
+
+load_model = bind("m2d")
