@@ -52,3 +52,32 @@ def test_console_script(tiny_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.load(tmp_path / "out" / "a.scene.npy").shape == (960,)
     assert not (tmp_path / "out" / "a.timestamp.npy").exists()
+
+
+@pytest.mark.parametrize("family", [None, "beats"])
+def test_embed_with_another_family(tmp_path, family):
+    """A BEATs checkpoint, its family named or detected from the file; the file's sample rate is converted."""
+    from conftest import FAMILY_CHECKPOINTS, golden_path
+    from hear_msm_mae.api import get_scene_embeddings, load_model
+
+    checkpoint = golden_path(FAMILY_CHECKPOINTS["beats"][1])
+    audio = stereo_file(tmp_path / "song.wav", seconds=1.5, rate=22050)
+    out = tmp_path / "emb"
+    main(["embed", str(tmp_path / "song.wav"), "--checkpoint", str(checkpoint), "--out", str(out),
+          "--dtype", "float32", "--device", "cpu", "--options", '{"layers": [-2, -1]}']
+         + (["--family", family] if family else []))
+    model = load_model(checkpoint, "cpu", dtype="float32", layers=[-2, -1])
+    mono16k = torchaudio.functional.resample(torch.from_numpy(audio.mean(axis=1)), 22050, 16000).unsqueeze(0)
+    np.testing.assert_allclose(np.load(out / "song.scene.npy"), get_scene_embeddings(mono16k, model)[0].numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert np.load(out / "song.scene.npy").shape == (2 * 192,)
+    assert np.load(out / "song.timestamp.npy").shape[1] == 2 * 192
+
+
+def test_embed_refuses_a_file_of_another_family_with_its_name(tmp_path):
+    from conftest import FAMILY_CHECKPOINTS, golden_path
+
+    stereo_file(tmp_path / "song.wav", seconds=1.0)
+    with pytest.raises(SystemExit, match="looks like a BEATs checkpoint"):
+        main(["embed", str(tmp_path / "song.wav"), "--checkpoint", str(golden_path(FAMILY_CHECKPOINTS["beats"][1])),
+              "--family", "m2d", "--out", str(tmp_path / "emb")])
