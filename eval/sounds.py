@@ -49,8 +49,7 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
-from hear_msm_mae.frontend import SAMPLE_RATE
-
+SAMPLE_RATE = 16000  # Hz, of every sound made here
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 DRUMKITS_DIR = Path("/usr/share/hydrogen/data/drumkits")
 FESTIVAL_VOICES_DIR = Path("/usr/share/festival/voices")

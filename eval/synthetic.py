@@ -47,9 +47,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import soundfile
 
-from hear_msm_mae.frontend import SAMPLE_RATE
-
-from .sounds import (DrumHit, Note, Voice, drum_hits, load_drum_hit, render_notes, speak_many,
+from .sounds import (SAMPLE_RATE, DrumHit, Note, Voice, drum_hits, load_drum_hit, render_notes, speak_many,
                      speech_voices)
 
 VERSION = "v1"

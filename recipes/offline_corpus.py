@@ -39,11 +39,10 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import soundfile
 
-from eval.sounds import (DRUM_CATEGORIES, Note, Voice, all_drum_hits, load_drum_hit, render_clips,
-                         speak_many, speech_voices)
+from eval.sounds import (DRUM_CATEGORIES, SAMPLE_RATE, Note, Voice, all_drum_hits, load_drum_hit,
+                         render_clips, speak_many, speech_voices)
 from hear_msm_mae.atomic import atomic_write
 from hear_msm_mae.audio import load_audio
-from hear_msm_mae.frontend import SAMPLE_RATE
 from hear_msm_mae.pretrain.data import AUDIO_SUFFIXES
 
 CLIP_SECONDS = 8.0
