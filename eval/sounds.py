@@ -7,19 +7,23 @@ Three kinds of real-sounding audio that need nothing downloaded at run time:
   `render_clips` renders many clips in ONE fluidsynth call: it writes a standard MIDI file
   with every clip in its own time slot (separated by "all sound off"), renders it once and
   cuts the slots out. `render_notes` is the one-note-per-clip shortcut.
-- **Speech** from three TTS engines: espeak-ng (8 English dialects x ~70 voice variants, with
-  speed and pitch), flite (`flite -lv` voices) and festival (installed voices, e.g.
-  kal_diphone). `speech_voices()` lists what is installed; `speak(text, voice)` /
-  `speak_many([(text, voice), ...])` synthesise (Debian: espeak-ng, flite, festival,
-  festvox-kallpc16k).
-- **Real drum hits**: the sample files of the hydrogen-drumkits package, with the kit's
-  instrument name and a coarse category (kick, snare, hihat, tom, cymbal, clap) parsed from
-  each kit's drumkit.xml. `drum_hits()` lists them, `load_drum_hit(hit)` reads one.
+- **Speech** from three TTS engines: espeak-ng (8 English dialects x 101 voice variants, with
+  speed and pitch), flite (6 built-in voices) and festival (kal_diphone). `speech_voices()`
+  lists them; `speak(text, voice)` / `speak_many([(text, voice), ...])` synthesise (Debian:
+  espeak-ng, flite, festival, festvox-kallpc16k).
+- **Real drum hits**: the sample files of the 14 kits of the hydrogen-drumkits package, with
+  the kit's instrument name and a coarse category (kick, snare, hihat, tom, cymbal, clap)
+  parsed from each kit's drumkit.xml. `drum_hits()` lists them, `load_drum_hit(hit)` reads one.
+
+The voices, kits and soundfont are pinned (ESPEAK_VARIANTS, FLITE_VOICES, FESTIVAL_VOICES,
+DRUM_KITS, SOUNDFONT): exactly those of the Debian packages the Makefile installs are used,
+whatever else is installed, and a missing one is a RuntimeError naming the package to
+install. `provenance(kinds)` records them with the package versions, for metadata.
 
 Everything is deterministic: the engines are run without random effects (no reverb/chorus),
 and the `random_*` helpers draw only from the `numpy.random.Generator` they are given, so a
-seed fixes the result (for the same versions of the Debian packages). Nothing here writes
-outside a temporary directory. Needs scipy (polyphase resampling).
+seed fixes the result (for the same versions of the packages `provenance` lists). Nothing here
+writes outside a temporary directory. Needs scipy (polyphase resampling).
 
 Example (e.g. for a pre-training corpus)::
 
@@ -43,9 +47,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import scipy
 import soundfile
 from scipy.signal import resample_poly
 
@@ -73,6 +78,48 @@ def require_program(name: str, package: str) -> str:
         raise RuntimeError(f"'{name}' not found on PATH: install the Debian package {package} "
                            f"(apt-get install {package})")
     return path
+
+
+@dataclass(frozen=True)
+class Sources:
+    """A pinned list of sound sources of one kind, all from one Debian package."""
+    kind: str  # what they are, e.g. "festival voices"
+    names: Tuple[str, ...]  # in the order they are used
+    package: str
+
+    def check(self, installed: Iterable[str]) -> Tuple[str, ...]:
+        """`names`, after checking that each is among `installed`; a RuntimeError naming the package if not."""
+        missing = sorted(set(self.names) - set(installed))
+        if missing:
+            raise RuntimeError(f"{self.kind} {missing} not installed: install the Debian package {self.package} "
+                               f"(apt-get install {self.package})")
+        return self.names
+
+
+# The sources the tasks and the corpus are made of: exactly these, in this order, whatever else is
+# installed (the voices and kits of the Makefile's Debian 12 packages).
+ESPEAK_VARIANTS = Sources("espeak-ng voice variants", (
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene", "Gene2",
+    "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Mr", "Nguyen", "RicishayMax",
+    "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika", "anikaRobot", "announcer",
+    "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak", "david", "ed", "edward", "edward2", "f1",
+    "f2", "f3", "f4", "f5", "fast", "grandma", "grandpa", "gustave", "iven", "iven2", "iven3", "iven4", "john",
+    "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "linda", "m1", "m2", "m3", "m4", "m5",
+    "m6", "m7", "m8", "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob",
+    "robert", "robosoft", "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8",
+    "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "whisper", "whisperf", "zac"),
+    "espeak-ng-data")
+FLITE_VOICES = Sources("flite voices", ("kal", "awb_time", "kal16", "awb", "rms", "slt"), "flite")
+FESTIVAL_VOICES = Sources("festival voices", ("kal_diphone",), "festvox-kallpc16k")
+DRUM_KITS = Sources("Hydrogen drum kits", (
+    "Audiophob", "BJA_Pacific", "ColomboAcousticDrumkit", "ElectricEmpireKit", "ForzeeStereo", "Gimme A Hand 1.0",
+    "HardElectro1", "Millo-Drums_v.1", "Millo_MultiLayered2", "Millo_MultiLayered3", "The Black Pearl 1.0",
+    "VariBreaks", "circAfrique v4", "rumpf_kit_z01_h2"), "hydrogen-drumkits")
+SOUND_PACKAGES = {  # kind of sound -> the Debian packages whose versions shape its audio
+    "notes": ("fluidsynth", "fluid-soundfont-gm", "libsndfile1"),
+    "speech": ("espeak-ng", "espeak-ng-data", "flite", "festival", "festvox-kallpc16k", "libsndfile1"),
+    "drums": ("hydrogen-drumkits", "libsndfile1"),
+}
 
 
 def to_mono_16k(data: np.ndarray, rate: int) -> np.ndarray:
@@ -257,8 +304,8 @@ class Voice:
 
 
 @lru_cache(maxsize=None)
-def espeak_variants() -> Tuple[str, ...]:
-    """Names of espeak-ng's voice variants (e.g. 'f3', 'klatt', 'adam'), sorted."""
+def installed_espeak_variants() -> Tuple[str, ...]:
+    """Names of the voice variants espeak-ng has (e.g. 'f3', 'klatt', 'adam'), sorted."""
     listing = subprocess.run([require_program("espeak-ng", "espeak-ng"), "--voices=variant"],
                              capture_output=True, text=True, check=True).stdout
     names = {line.split()[4].split("/", 1)[1] for line in listing.splitlines()[1:] if "!v/" in line}
@@ -266,23 +313,37 @@ def espeak_variants() -> Tuple[str, ...]:
 
 
 @lru_cache(maxsize=None)
-def flite_voices() -> Tuple[str, ...]:
+def installed_flite_voices() -> Tuple[str, ...]:
     """flite's built-in voices, as listed by `flite -lv`."""
     listing = subprocess.run([require_program("flite", "flite"), "-lv"], capture_output=True, text=True).stdout
     return tuple(listing.split(":", 1)[1].split()) if ":" in listing else ()
 
 
 @lru_cache(maxsize=None)
-def festival_voices() -> Tuple[str, ...]:
-    """festival voices installed under /usr/share/festival/voices/<language>/<voice>."""
-    if shutil.which("text2wave") is None or not FESTIVAL_VOICES_DIR.is_dir():
-        return ()
+def installed_festival_voices() -> Tuple[str, ...]:
+    """festival voices installed under /usr/share/festival/voices/<language>/<voice>, sorted."""
+    require_program("text2wave", "festival")
     return tuple(sorted(p.name for p in FESTIVAL_VOICES_DIR.glob("*/*") if p.is_dir()))
 
 
+def espeak_variants() -> Tuple[str, ...]:
+    """The pinned espeak-ng voice variants, checked to be installed."""
+    return ESPEAK_VARIANTS.check(installed_espeak_variants())
+
+
+def flite_voices() -> Tuple[str, ...]:
+    """The pinned flite voices, checked to be installed."""
+    return FLITE_VOICES.check(installed_flite_voices())
+
+
+def festival_voices() -> Tuple[str, ...]:
+    """The pinned festival voices, checked to be installed."""
+    return FESTIVAL_VOICES.check(installed_festival_voices())
+
+
 def speech_voices(engines: Iterable[str] = ("espeak-ng", "flite", "festival")) -> List[Voice]:
-    """Every installed English voice of the given engines, in a fixed order: espeak-ng dialects
-    plain and with each variant, then flite voices, then festival voices."""
+    """The pinned English voices of the given engines, in a fixed order: espeak-ng dialects plain and
+    with each variant, then flite voices, then festival voices. Other installed voices are never used."""
     voices = []
     engines = set(engines)
     if "espeak-ng" in engines:
@@ -351,13 +412,17 @@ def drum_category(instrument: str) -> Optional[str]:
     return None
 
 
+def drum_kits(drumkits_dir: Path = DRUMKITS_DIR) -> Tuple[str, ...]:
+    """The pinned drum kits (folder names), checked to be installed in `drumkits_dir`."""
+    return DRUM_KITS.check(p.parent.name for p in Path(drumkits_dir).glob("*/drumkit.xml"))
+
+
 @lru_cache(maxsize=None)
 def all_drum_hits(drumkits_dir: Path = DRUMKITS_DIR) -> Tuple[DrumHit, ...]:
-    """Every sample (each velocity layer) of every kit with a drumkit.xml, sorted by kit, instrument, file."""
-    if not Path(drumkits_dir).is_dir():
-        raise FileNotFoundError(f"no drum kits at {drumkits_dir} (Debian package hydrogen-drumkits)")
+    """Every sample (each velocity layer) of every pinned kit, sorted by kit, instrument, file."""
     hits = []
-    for xml_path in sorted(Path(drumkits_dir).glob("*/drumkit.xml")):
+    for kit in drum_kits(drumkits_dir):
+        xml_path = Path(drumkits_dir) / kit / "drumkit.xml"
         root = ET.parse(xml_path).getroot()
         ns = root.tag.split("}")[0] + "}" if root.tag.startswith("{") else ""
         for instrument in root.iter(f"{ns}instrument"):
@@ -366,7 +431,7 @@ def all_drum_hits(drumkits_dir: Path = DRUMKITS_DIR) -> Tuple[DrumHit, ...]:
             for filename in files:
                 path = xml_path.parent / filename
                 if path.is_file():
-                    hits.append(DrumHit(xml_path.parent.name, name, drum_category(name), path))
+                    hits.append(DrumHit(kit, name, drum_category(name), path))
     return tuple(sorted(set(hits), key=lambda h: (h.kit, h.instrument, str(h.path))))
 
 
@@ -406,3 +471,37 @@ def load_drum_hit(hit: DrumHit, max_seconds: Optional[float] = None) -> np.ndarr
         fade = min(len(audio), SAMPLE_RATE // 100)
         audio[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
     return audio
+
+
+# ----------------------------------------------------------------------------------------------
+# What the sounds are made from
+
+def pinned_sources(kind: str) -> Dict[str, List[str]]:
+    """The sources of one kind of sound ('notes', 'speech' or 'drums'), speech and drums checked to be installed."""
+    if kind == "notes":
+        return {"soundfont": [str(SOUNDFONT)]}
+    if kind == "speech":
+        return {"espeak-ng dialects": list(ESPEAK_DIALECTS), ESPEAK_VARIANTS.kind: list(espeak_variants()),
+                FLITE_VOICES.kind: list(flite_voices()), FESTIVAL_VOICES.kind: list(festival_voices())}
+    if kind == "drums":
+        return {DRUM_KITS.kind: list(drum_kits())}
+    raise ValueError(f"unknown kind of sound {kind!r}; known: {sorted(SOUND_PACKAGES)}")
+
+
+def debian_versions(packages: Sequence[str]) -> Dict[str, Optional[str]]:
+    """Installed version of each Debian package (dpkg-query), None where dpkg has none."""
+    listing = subprocess.run([require_program("dpkg-query", "dpkg"), "-W", "-f", "${Package}\t${Version}\n",
+                              *packages], capture_output=True, text=True).stdout
+    versions = dict(line.split("\t", 1) for line in listing.splitlines() if "\t" in line)
+    return {package: versions.get(package) or None for package in packages}
+
+
+def provenance(kinds: Iterable[str]) -> dict:
+    """What sounds of these kinds are made from: the pinned sources and the versions of the Debian and
+    Python packages that shape their audio (for a task's or a corpus's metadata)."""
+    kinds = sorted(set(kinds))
+    sources = {kind: pinned_sources(kind) for kind in kinds}
+    return {"sources": sources,
+            "debian_packages": debian_versions(sorted({p for kind in kinds for p in SOUND_PACKAGES[kind]})),
+            "python_packages": {"numpy": np.__version__, "scipy": scipy.__version__, "soundfile": soundfile.__version__,
+                                "libsndfile": soundfile.__libsndfile_version__}}

@@ -36,6 +36,7 @@ name is replaced.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -47,8 +48,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import soundfile
 
-from .sounds import (SAMPLE_RATE, DrumHit, Note, Voice, drum_hits, load_drum_hit, render_notes, speak_many,
-                     speech_voices)
+from .sounds import (SAMPLE_RATE, DrumHit, Note, Voice, drum_hits, load_drum_hit, provenance, render_notes,
+                     speak_many, speech_voices)
 
 VERSION = "v1"
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -267,6 +268,8 @@ def drum_events_task(rng: np.random.Generator, sizes: Sizes) -> Tuple[dict, Dict
 
 TASKS = {"synth_pitch": pitch_task, "synth_words": words_task, "synth_speaker_count": speaker_count_task,
          "synth_drum_events": drum_events_task}
+TASK_SOUNDS = {"synth_pitch": ("notes",), "synth_words": ("speech",), "synth_speaker_count": ("speech",),
+               "synth_drum_events": ("drums",)}  # the kinds of eval.sounds source each task is made from
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,9 +283,24 @@ def label_vocabulary(splits: Dict[str, Dict[str, Example]], embedding_type: str)
     return sorted(labels)
 
 
-def write_task(out_dir: Path, task_name: str, mode: str, metadata: dict,
-               splits: Dict[str, Dict[str, Example]]) -> Path:
-    """Write one task folder (hear-preprocess layout) atomically; returns its path."""
+def task_digest(folder: Path, splits: Sequence[str]) -> str:
+    """sha256 of a task's labels and audio: per split, its labels (<split>.json) and every file's name and
+    16-bit samples, in sorted order. It depends on what the task holds, not on how its files are laid out."""
+    digest = hashlib.sha256()
+    for split in splits:
+        labels = json.loads((folder / f"{split}.json").read_text())
+        digest.update(json.dumps([split, labels], sort_keys=True).encode())
+        for file_name in sorted(labels):
+            samples, rate = soundfile.read(str(folder / str(SAMPLE_RATE) / split / file_name), dtype="int16")
+            digest.update(json.dumps([file_name, rate, len(samples)]).encode())
+            digest.update(samples.astype("<i2").tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def write_task(out_dir: Path, task_name: str, mode: str, metadata: dict, splits: Dict[str, Dict[str, Example]],
+               made_from: dict) -> Path:
+    """Write one task folder (hear-preprocess layout) atomically; returns its path. Its task_metadata.json
+    ends with `made_from` (what generated it) and `digest` (task_digest of what was written)."""
     name = f"{task_name}-{VERSION}-{mode}"
     final, tmp = out_dir / name, out_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -298,7 +316,7 @@ def write_task(out_dir: Path, task_name: str, mode: str, metadata: dict,
     vocabulary = label_vocabulary(splits, metadata["embedding_type"])
     (tmp / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{label}\n" for i, label in enumerate(vocabulary)))
     full_metadata = {"task_name": task_name, "version": VERSION, **metadata, "default_mode": "full", "mode": mode,
-                     "splits": list(splits)}
+                     "splits": list(splits), "made_from": made_from, "digest": task_digest(tmp, list(splits))}
     with open(tmp / "task_metadata.json", "w") as f:
         json.dump(full_metadata, f, indent=True)
     shutil.rmtree(final, ignore_errors=True)
@@ -318,7 +336,9 @@ def generate(out_dir, tiny: bool = False, seed: int = 0, tasks: Sequence[str] = 
     for task_name in tasks:
         rng = np.random.default_rng([seed, list(TASKS).index(task_name)])
         metadata, splits = TASKS[task_name](rng, SIZES[mode])
-        paths.append(write_task(out_dir, task_name, mode, metadata, splits))
+        made_from = {"generator": "eval.synthetic", "generator_version": VERSION, "seed": seed,
+                     **provenance(TASK_SOUNDS[task_name])}
+        paths.append(write_task(out_dir, task_name, mode, metadata, splits, made_from))
     return paths
 
 
@@ -331,9 +351,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     start = time.time()
     for path in generate(args.out, tiny=args.tiny, seed=args.seed, tasks=args.tasks):
-        counts = {s: len(json.loads((path / f"{s}.json").read_text()))
-                  for s in json.loads((path / "task_metadata.json").read_text())["splits"]}
-        print(f"{path}: {counts}")
+        metadata = json.loads((path / "task_metadata.json").read_text())
+        counts = {s: len(json.loads((path / f"{s}.json").read_text())) for s in metadata["splits"]}
+        print(f"{path}: {counts} {metadata['digest']}")
     print(f"done in {time.time() - start:.1f} s")
 
 

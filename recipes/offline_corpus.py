@@ -10,7 +10,7 @@ repository but not of the installed package). Writes 16 kHz mono 16-bit FLAC fil
   music_solo/      one GM program at a time, all 128 (sound-effect programs included): melodies,
                    runs, chords, repeated notes, long tones
   drums/           real Hydrogen drum-kit samples arranged into grooves with fills, 14 kits
-  speech/          sentences from ~820 TTS voices (espeak-ng dialects x variants at random speed
+  speech/          sentences from 823 TTS voices (espeak-ng dialects x variants at random speed
                    and pitch, flite, festival), with pauses
   mixtures/        2-3 overlapping talkers, or speech over music or drums at 0-20 dB SNR
   recordings/      packaged real recordings cut into 8 s pieces: orchestral game music
@@ -22,7 +22,9 @@ Every clip's level is set to a random loudness (-35 to -15 dB RMS, peaks below 0
 into batches, each drawn from its own generator seeded by (seed, part, batch), so a batch's files
 do not depend on which others exist: an interrupted run resumes by skipping complete batches
 (files are written atomically, the batch's last file last). The spoken texts avoid the digit words
-that the synthetic evaluation tasks ask for. `manifest.json` records the clips and hours per part.
+that the synthetic evaluation tasks ask for. The voices, kits and soundfont are eval.sounds' pinned
+ones, never whatever else is installed. `manifest.json` records the clips and hours per part, and
+what they are made from (sources, package versions).
 """
 from __future__ import annotations
 
@@ -39,8 +41,8 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import soundfile
 
-from eval.sounds import (DRUM_CATEGORIES, SAMPLE_RATE, Note, Voice, all_drum_hits, load_drum_hit,
-                         render_clips, speak_many, speech_voices)
+from eval.sounds import (DRUM_CATEGORIES, SAMPLE_RATE, Note, Voice, all_drum_hits, debian_versions,
+                         load_drum_hit, provenance, render_clips, speak_many, speech_voices)
 from hear_msm_mae.atomic import atomic_write
 from hear_msm_mae.audio import load_audio
 from hear_msm_mae.pretrain.data import AUDIO_SUFFIXES
@@ -331,7 +333,10 @@ def build(out: Path, seed: int = 0, scale: float = 1.0, workers: int = 2) -> dic
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for i, message in enumerate(pool.map(make_batch, jobs)):
             print(f"[{i + 1}/{len(jobs)} {time.time() - started:.0f}s] {message}", file=sys.stderr, flush=True)
-    manifest = {"seed": seed, "scale": scale, "clip_seconds": CLIP_SECONDS, "packages": list(PACKAGES), "parts": {}}
+    made_from = provenance(("notes", "speech", "drums"))
+    made_from["debian_packages"].update(debian_versions(PACKAGES))  # those of the packaged recordings
+    manifest = {"seed": seed, "scale": scale, "clip_seconds": CLIP_SECONDS, "packages": list(PACKAGES),
+                "made_from": made_from, "parts": {}}
     for part in PART_HOURS:
         files = sorted((out / part).glob("*.flac"))
         seconds = sum(soundfile.info(str(f)).duration for f in files)

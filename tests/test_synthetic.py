@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_every_tts_engine_speaks():
     voices = sounds.speech_voices()
     engines = {v.engine for v in voices}
     assert engines == {"espeak-ng", "flite", "festival"}
-    assert len(voices) > 100 and len({v.id for v in voices}) == len(voices)
+    assert len(voices) == 8 * 102 + 6 + 1 and len({v.id for v in voices}) == len(voices)
     for voice in (Voice("espeak-ng", "en-us+f3", speed=1.2, pitch=70), Voice("flite", "slt", speed=0.9),
                   Voice("flite", "kal"), Voice("festival", voices[-1].name)):
         audio = speak("seven", voice)
@@ -99,6 +100,51 @@ def test_drum_hits():
     assert audio[-1] == 0.0 or len(audio) < 4800  # faded out where it was cut
     with pytest.raises(ValueError, match="unknown drum categories"):
         drum_hits(["cowbell"])
+
+
+UNLISTED = {"installed_espeak_variants": "zz_unlisted", "installed_flite_voices": "unlisted",
+            "installed_festival_voices": "cmu_us_slt_arctic_hts"}  # as if one more voice of each engine were installed
+
+
+def with_unlisted_voices(monkeypatch) -> None:
+    for function, extra in UNLISTED.items():
+        installed = getattr(sounds, function)()
+        monkeypatch.setattr(sounds, function, lambda installed=installed, extra=extra: installed + (extra,))
+
+
+def kits_dir(tmp_path: Path, kits) -> Path:
+    """A drum-kits folder holding (links to) these installed kits."""
+    folder = tmp_path / "drumkits"
+    folder.mkdir()
+    for kit in kits:
+        (folder / kit).symlink_to(sounds.DRUMKITS_DIR / kit)
+    return folder
+
+
+def test_sources_are_the_pinned_ones_whatever_else_is_installed(monkeypatch, tmp_path):
+    voices = sounds.speech_voices()
+    with_unlisted_voices(monkeypatch)
+    assert sounds.speech_voices() == voices
+    folder = kits_dir(tmp_path, sounds.DRUM_KITS.names)
+    (folder / "UnlistedKit").symlink_to(sounds.DRUMKITS_DIR / sounds.DRUM_KITS.names[0])
+    relative = lambda hits, root: [(h.kit, h.instrument, h.category, h.path.relative_to(root)) for h in hits]
+    assert relative(sounds.all_drum_hits(folder), folder) == relative(sounds.all_drum_hits(), sounds.DRUMKITS_DIR)
+
+
+@pytest.mark.parametrize("function, package", [("installed_espeak_variants", "espeak-ng-data"),
+                                               ("installed_flite_voices", "flite"),
+                                               ("installed_festival_voices", "festvox-kallpc16k")])
+def test_a_missing_voice_names_its_package(monkeypatch, function, package):
+    installed = getattr(sounds, function)()
+    monkeypatch.setattr(sounds, function, lambda: installed[1:])
+    with pytest.raises(RuntimeError, match=rf"\['{installed[0]}'\] not installed: .*apt-get install {package}"):
+        sounds.speech_voices()
+
+
+def test_a_missing_drum_kit_names_its_package(tmp_path):
+    folder = kits_dir(tmp_path, sounds.DRUM_KITS.names[1:])
+    with pytest.raises(RuntimeError, match=r"Hydrogen drum kits \['Audiophob'\] not installed: .*hydrogen-drumkits"):
+        sounds.all_drum_hits(folder)
 
 
 @pytest.fixture(scope="module")
@@ -125,14 +171,64 @@ def test_tiny_tasks_are_valid_hear_tasks(tiny_tasks):
     assert tasks["synth_drum_events-v1-tiny"].labels == ["hihat", "kick", "snare"]
 
 
+def metadata(task: Path) -> dict:
+    return json.loads((task / "task_metadata.json").read_text())
+
+
 def test_generation_is_deterministic(tiny_tasks, tmp_path):
     synthetic.generate(tmp_path, tiny=True)
     ours = sorted(p.relative_to(tiny_tasks) for p in tiny_tasks.rglob("*") if p.is_file())
     assert ours == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     for relative in ours:
         assert (tiny_tasks / relative).read_bytes() == (tmp_path / relative).read_bytes(), relative
+    digests = {task.name: metadata(task)["digest"] for task in tiny_tasks.iterdir()}
+    assert digests == {task.name: metadata(task)["digest"] for task in tmp_path.iterdir()}
+    assert len(set(digests.values())) == 4 and all(re.fullmatch("sha256:[0-9a-f]{64}", d) for d in digests.values())
     other_seed = synthetic.generate(tmp_path / "seed1", tiny=True, seed=1, tasks=["synth_pitch"])[0]
-    assert (other_seed / "train.json").read_text() != (tiny_tasks / "synth_pitch-v1-tiny" / "train.json").read_text()
+    assert metadata(other_seed)["digest"] != digests["synth_pitch-v1-tiny"]
+
+
+def test_an_unlisted_voice_changes_no_task(tiny_tasks, tmp_path, monkeypatch):
+    with_unlisted_voices(monkeypatch)
+    for task in synthetic.generate(tmp_path, tiny=True, tasks=["synth_words", "synth_speaker_count"]):
+        assert metadata(task) == metadata(tiny_tasks / task.name)  # the digest, and the sources recorded
+
+
+def test_metadata_says_what_the_task_is_made_from(tiny_tasks):
+    words = metadata(tiny_tasks / "synth_words-v1-tiny")["made_from"]
+    assert (words["generator"], words["generator_version"], words["seed"]) == ("eval.synthetic", "v1", 0)
+    assert words["sources"] == {"speech": {"espeak-ng dialects": list(sounds.ESPEAK_DIALECTS),
+                                           "espeak-ng voice variants": list(sounds.ESPEAK_VARIANTS.names),
+                                           "flite voices": list(sounds.FLITE_VOICES.names),
+                                           "festival voices": ["kal_diphone"]}}
+    assert set(words["debian_packages"]) == set(sounds.SOUND_PACKAGES["speech"])
+    assert all(words["debian_packages"].values())  # every one installed, with its version
+    assert set(words["python_packages"]) == {"numpy", "scipy", "soundfile", "libsndfile"}
+    drums = metadata(tiny_tasks / "synth_drum_events-v1-tiny")["made_from"]
+    assert drums["sources"] == {"drums": {"Hydrogen drum kits": list(sounds.DRUM_KITS.names)}}
+    assert metadata(tiny_tasks / "synth_pitch-v1-tiny")["made_from"]["sources"] == {
+        "notes": {"soundfont": ["/usr/share/sounds/sf2/FluidR3_GM.sf2"]}}
+
+
+def test_digest_is_of_the_samples_and_labels(tiny_tasks, tmp_path):
+    task = tmp_path / "task"
+    shutil.copytree(tiny_tasks / "synth_pitch-v1-tiny", task)
+    splits, recorded = metadata(task)["splits"], metadata(task)["digest"]
+    assert synthetic.task_digest(task, splits) == recorded
+    wav = sorted((task / "16000" / "test").iterdir())[0]
+    samples, rate = soundfile.read(str(wav), dtype="int16")
+    soundfile.write(str(wav), samples, rate, format="WAVEX", subtype="PCM_16")  # another header, same samples
+    assert synthetic.task_digest(task, splits) == recorded
+    samples[8000] += 1
+    soundfile.write(str(wav), samples, rate, subtype="PCM_16")
+    assert synthetic.task_digest(task, splits) != recorded
+    samples[8000] -= 1
+    soundfile.write(str(wav), samples, rate, subtype="PCM_16")
+    labels = json.loads((task / "test.json").read_text())
+    assert synthetic.task_digest(task, splits) == recorded
+    labels[wav.name] = ["59"]
+    (task / "test.json").write_text(json.dumps(labels))
+    assert synthetic.task_digest(task, splits) != recorded
 
 
 def test_held_out_instruments_and_voices(tiny_tasks):
