@@ -83,7 +83,8 @@ def result_rows(runs: Dict[str, List[dict]]) -> List[dict]:
             for score, value in r["scores"].items():
                 rows.append({"run": run, "task": r["task"], "title": task_title(r["task"]), "protocol": r["protocol"],
                              "score": score, "primary": score == r["primary_score"], "mean": value["mean"],
-                             "std": value["std"], "folds": len(r["folds"]), "train_seconds": r["train_seconds"]})
+                             "std": value["std"], "folds": len(r["folds"]), "train_seconds": r["train_seconds"],
+                             "task_digest": r.get("task_digest")})
     return rows
 
 
@@ -97,21 +98,32 @@ def columns(runs: Dict[str, List[dict]]) -> List[tuple]:
     return seen
 
 
+def short_digest(digest: Optional[str]) -> str:
+    """'sha256:0986047…' -> its first 12 hex digits ('–' for none)."""
+    return digest.split(":")[-1][:12] if digest else "–"
+
+
 def primary_table(runs: Dict[str, List[dict]], refs: Dict[str, Reference]) -> List[dict]:
-    """One row per task: its primary score, each run and protocol, then the references."""
-    tasks, primary = [], {}
+    """One row per task: the task's digest where one is recorded (two that differ: the runs were scored on
+    different versions of the task), its primary score, each run and protocol, then the references."""
+    tasks, primary, digests = [], {}, {}
     cells: Dict[tuple, str] = {}
     for run, results in runs.items():
         for r in results:
             if r["task"] not in tasks:
                 tasks.append(r["task"])
             primary[r["task"]] = r["primary_score"]
+            digests.setdefault(r["task"], {})[short_digest(r.get("task_digest"))] = None  # an ordered set
             s = r["scores"][r["primary_score"]]
             cells[(r["task"], run, r["protocol"])] = fmt(s["mean"], s["std"])
+    any_digest = any(d != "–" for found in digests.values() for d in found)
     table = []
     for task in tasks:
         ref = refs.get(task_title(task), Reference())
-        row = {"task": task_title(task), "score": primary[task]}
+        row = {"task": task_title(task)}
+        if any_digest:
+            row["task digest"] = " ≠ ".join(digests[task])
+        row["score"] = primary[task]
         for run, protocol in columns(runs):
             row[f"{run} ({protocol})"] = cells.get((task, run, protocol), "–")
         row["wav2vec2"] = fmt(ref.wav2vec2)
@@ -170,7 +182,8 @@ def bar_chart(runs: Dict[str, List[dict]], refs: Dict[str, Reference], path: Pat
 
 
 def write_report(runs: Dict[str, List[dict]], out_dir, leaderboard: Path = LEADERBOARD) -> Dict[str, Path]:
-    """results.csv (every score), results.md (primary scores beside the references), results.png."""
+    """results.csv (every score), results.md (primary scores beside the references, with the tasks'
+    digests where recorded), results.png."""
     if not any(runs.values()):
         raise ValueError("no results to report")
     out_dir = Path(out_dir)

@@ -17,7 +17,8 @@ for 16x16 patches), and scored beside the run's hop (default 40 ms) with onset F
 
 Output, all resumable (a re-run skips finished embeddings and finished task results):
     DIR/embeddings/<module+options>/<task>/     hear-eval-kit's embedding format (eval.embed)
-    DIR/results/<run>/<task>.<protocol>.json    one task's scores (per fold, mean and std), settings
+    DIR/results/<run>/<task>.<protocol>.json    one task's scores (per fold, mean and std), settings,
+                                                the task's digest (eval.synthetic records one per task)
     DIR/results.json                            every result of this run
     DIR/results.md, results.csv, results.png    tables and chart beside the HEAR 2021 leaderboard
     DIR/timestamp_resolution.md                 the hop comparison, when made
@@ -59,17 +60,20 @@ def evaluate_embeddings(model_out: Path, results_dir: Path, protocols, config: P
     results = []
     for task_dir in task_dirs:
         data = None
+        digest = json.loads((task_dir / "task_metadata.json").read_text()).get("digest")  # of the task embedded
         for protocol in protocols:
             path = results_dir / f"{task_dir.name}.{protocol}.json"
             if path.exists():
-                results.append(json.loads(path.read_text()))
+                results.append({"task_digest": digest, **json.loads(path.read_text())})  # a saved digest wins
                 continue
             data = data or load_task_data(task_dir)
             start = time.perf_counter()
             result = run_protocol(data, config) if protocol == "hear" else run_linear_probe(data, ProbeConfig())
+            result["task_digest"] = digest
             primary = result["scores"][result["primary_score"]]
             print(f"{task_dir.name} [{protocol}]: {result['primary_score']} {primary['mean']:.3f} ± "
-                  f"{primary['std']:.3f} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+                  f"{primary['std']:.3f} ({time.perf_counter() - start:.0f} s), task digest {digest or '–'}",
+                  file=sys.stderr)
             save_json(path, result)
             results.append(result)
     return results

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import run
+from eval import report, run
 from hear_msm_mae.checkpoint import save_checkpoint
 from hear_msm_mae.model import MAEConfig, MaskedAutoencoder
 
@@ -33,6 +33,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     hops = (tmp_path / "timestamp_resolution.md").read_text()
     assert "| 40 ms |" in hops and "| 160 ms (native) |" in hops
+    digests = {task.name: json.loads((task / "task_metadata.json").read_text())["digest"]
+               for task in (tmp_path / "tasks").iterdir()}
+    assert {r["task"]: r["task_digest"] for r in results} == digests
+    printed = capsys.readouterr()
+    for task, digest in digests.items():  # beside the results: in the table eval.run prints, on each task's line
+        assert f"| {task} | {report.short_digest(digest)} |" in printed.out and f"task digest {digest}" in printed.err
     # a second run reuses embeddings and results: same table
     run.main(["--demo", "--tiny", "--out", str(tmp_path), "--model", str(GOLDEN)])
     assert (tmp_path / "results.md").read_text() == table
@@ -57,9 +63,22 @@ def test_run_rejects_bad_arguments(tmp_path):
         run.main(["--demo", "--out", str(tmp_path), "--model", str(tmp_path / "none.pth")])
 
 
-def test_leaderboard_references():
-    from eval import report
+def test_report_carries_the_task_digests():
+    def result(task: str, digest):
+        return {"task": task, "protocol": "linear", "primary_score": "top1_acc", "train_seconds": 1.0,
+                "scores": {"top1_acc": {"mean": 0.5, "std": 0.1}}, "folds": [{}], "task_digest": digest}
 
+    words, pitch = "synth_words-v1-full", "synth_pitch-v1-full"
+    runs = {"a": [result(words, "sha256:" + "1" * 64), result(pitch, "sha256:" + "2" * 64)],
+            "b": [result(words, "sha256:" + "3" * 64), result(pitch, "sha256:" + "2" * 64)]}
+    table = {row["task"]: row["task digest"] for row in report.primary_table(runs, {})}
+    assert table == {words: "111111111111 ≠ 333333333333", pitch: "222222222222"}
+    assert {row["task_digest"] for row in report.result_rows(runs)} == {"sha256:" + c * 64 for c in "123"}
+    no_digests = {"a": [result("ESC-50", None)]}  # e.g. the HEAR 2021 tasks: no column
+    assert "task digest" not in report.primary_table(no_digests, {})[0]
+
+
+def test_leaderboard_references():
     refs = report.references(report.read_leaderboard())
     assert refs["CREMA-D"].paper == pytest.approx(0.734) and refs["Libricount"].paper == pytest.approx(0.858)
     assert refs["CREMA-D"].wav2vec2 == pytest.approx(0.656224477)
