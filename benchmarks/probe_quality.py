@@ -3,7 +3,9 @@
     python benchmarks/probe_quality.py [--checkpoint C] [--tasks-dir data/probe_tasks] [--out FILE.json] [--tiny]
 
 Builds the small labelled HEAR-format tasks of eval.synthetic (pitch, spoken word, speaker count,
-drum events; made once under --tasks-dir) and fits the same linear probe on three feature sets:
+drum events; rebuilt under --tasks-dir on every run, about 15 s, the same tasks on every machine
+with the Makefile's packages: the table gives their digests) and fits the same linear probe on
+three feature sets:
 
   pretrained   scene embeddings of the checkpoint (event task: its timestamp embeddings)
   random       the same architecture with random weights (MAE initialisation, seed 0)
@@ -36,7 +38,8 @@ from eval import synthetic  # noqa: E402
 from eval.embed import labels_at_timestamps, multi_hot  # noqa: E402
 from eval.hear_protocol import SplitData, TaskData  # noqa: E402
 from eval.linear_probe import run_linear_probe  # noqa: E402
-from eval.tasks import Task, list_tasks  # noqa: E402
+from eval.report import short_digest  # noqa: E402
+from eval.tasks import Task, read_task  # noqa: E402
 from hear_msm_mae.msm_mae import default_checkpoint, load_model  # noqa: E402
 from hear_msm_mae.checkpoint import load_checkpoint  # noqa: E402
 from hear_msm_mae.embedder import Embedder, EmbedderOptions  # noqa: E402
@@ -108,16 +111,16 @@ def random_weights_model(checkpoint_path) -> Embedder:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=None, help="default: the bundled checkpoint")
-    parser.add_argument("--tasks-dir", type=Path, default=REPO / "data" / "probe_tasks")
+    parser.add_argument("--tasks-dir", type=Path, default=REPO / "data" / "probe_tasks",
+                        help="where the tasks are built")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "probe_quality.json")
     parser.add_argument("--tiny", action="store_true", help="a handful of files per task (to try the script)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     checkpoint = args.checkpoint or str(default_checkpoint())
-    if not args.tasks_dir.is_dir() or not list(args.tasks_dir.iterdir()):
-        synthetic.generate(args.tasks_dir, tiny=args.tiny, seed=0)
-    tasks = list_tasks(args.tasks_dir)
+    tasks = sorted((read_task(path) for path in synthetic.generate(args.tasks_dir, tiny=args.tiny, seed=0)),
+                   key=lambda task: task.name)
     feature_sets = {
         "pretrained": lambda event: embedder_features(load_model(checkpoint, device="cpu"), event),
         "random": lambda event: embedder_features(random_weights_model(checkpoint), event),
@@ -133,14 +136,16 @@ def main(argv=None) -> None:
             print(f"{task.name} {name}: {results[task.name][name]:.4f} ({time.time() - started:.0f} s)",
                   file=sys.stderr, flush=True)
     metric = {t.name: t.primary_metric for t in tasks}
-    lines = [f"| task | metric | {' | '.join(feature_sets)} | pretrained best |", "|---" * (len(feature_sets) + 3) + "|"]
+    digests = {t.name: t.metadata["digest"] for t in tasks}
+    lines = [f"| task | task digest | metric | {' | '.join(feature_sets)} | pretrained best |",
+             "|---" * (len(feature_sets) + 4) + "|"]
     for task, row in results.items():
         best = all(row["pretrained"] > v for k, v in row.items() if k != "pretrained")
-        lines.append(f"| {task} | {metric[task]} | " + " | ".join(f"{row[k]:.3f}" for k in feature_sets) +
-                     f" | {'yes' if best else 'NO'} |")
+        lines.append(f"| {task} | {short_digest(digests[task])} | {metric[task]} | " +
+                     " | ".join(f"{row[k]:.3f}" for k in feature_sets) + f" | {'yes' if best else 'NO'} |")
     print("\n".join(lines))
     args.out.write_text(json.dumps({"checkpoint": str(checkpoint), "probe": "eval.linear_probe",
-                                    "results": results, "table": lines}, indent=1))
+                                    "task_digests": digests, "results": results, "table": lines}, indent=1))
 
 
 if __name__ == "__main__":
