@@ -7,7 +7,9 @@ tarballs hold, and what hear-eval-kit reads)::
 
     DIR/<task_name>-v1-<mode>/
         task_metadata.json      task_name, version, embedding_type, prediction_type, split_mode,
-                                (nfolds), sample_duration, evaluation, default_mode, mode, splits
+                                (nfolds), sample_duration, evaluation, default_mode, mode, splits,
+                                made_from (generator version, seed, the eval.sounds sources and
+                                the package versions), digest (task_digest: "sha256:...")
         labelvocabulary.csv     idx,label
         <split>.json            {file name: [label, ...]}  (scene)
                                 {file name: [{"label", "start", "end"} (ms), ...]}  (event)
@@ -27,11 +29,13 @@ drawn independently of the count, so the count cannot be read off the loudness. 
 are real Hydrogen drum-kit samples placed at known times in coloured noise; an event ends where
 the hit's envelope has fallen 40 dB below its peak.
 
-Full mode: 528 + 400 + 200 + 200 files (1 s, 1 s, 3 s and 4 s), 74 MB, about a minute on two
-cores; tiny mode: a few seconds. The same seed gives the same bytes (with the same versions of
-the Debian packages). Each task folder is written under a temporary name and renamed when
-complete, so a killed run never leaves a half-written task; an existing task folder of the same
-name is replaced.
+Full mode: 528 + 400 + 200 + 200 files (1 s, 1 s, 3 s and 4 s), 74 MB, about 15 s on two
+cores; tiny mode: a few seconds. The same seed gives the same bytes on any machine with the same
+versions of the packages `made_from` lists: the voices, drum kits and soundfont are eval.sounds'
+pinned ones, never whatever else is installed. The digest (sha256 of every split's labels and
+every file's samples) tells two builds of a task apart; eval.run prints it beside the results.
+Each task folder is written under a temporary name and renamed when complete, so a killed run
+never leaves a half-written task; an existing task folder of the same name is replaced.
 """
 from __future__ import annotations
 
