@@ -500,8 +500,7 @@ def provenance(kinds: Iterable[str]) -> dict:
     """What sounds of these kinds are made from: the pinned sources and the versions of the Debian and
     Python packages that shape their audio (for a task's or a corpus's metadata)."""
     kinds = sorted(set(kinds))
-    sources = {kind: pinned_sources(kind) for kind in kinds}
-    return {"sources": sources,
+    return {"sources": {kind: pinned_sources(kind) for kind in kinds},
             "debian_packages": debian_versions(sorted({p for kind in kinds for p in SOUND_PACKAGES[kind]})),
             "python_packages": {"numpy": np.__version__, "scipy": scipy.__version__, "soundfile": soundfile.__version__,
                                 "libsndfile": soundfile.__libsndfile_version__}}
