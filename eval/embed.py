@@ -208,9 +208,22 @@ def make_batches(task: Task, split: str, batch_size: int) -> List[List[str]]:
 # ----------------------------------------------------------------------------------------------
 # Merged split files (rank 0), as heareval's memmap_embeddings writes them
 
-def merge_split(task: Task, split: str, outdir: Path, task_out: Path, prng: random.Random) -> None:
-    embedding_files = [embedding_path(outdir, name) for name in task.files(split)]
-    prng.shuffle(embedding_files)
+def memmap_file_order(task: Task) -> Dict[str, List[int]]:
+    """Per split, the indices into `task.files(split)` of its files in the order of its merged
+    <split>.embeddings.npy: each split's file list shuffled by one random.Random(0) per task, split
+    after split in metadata order (hear-eval-kit's task_embeddings)."""
+    prng = random.Random()
+    prng.seed(0)
+    order = {}
+    for split in task.splits:
+        order[split] = list(range(len(task.files(split))))
+        prng.shuffle(order[split])
+    return order
+
+
+def merge_split(task: Task, split: str, outdir: Path, task_out: Path, file_order: List[int]) -> None:
+    names = task.files(split)
+    embedding_files = [embedding_path(outdir, names[i]) for i in file_order]
     shapes = [np.load(f, mmap_mode="r").shape for f in embedding_files]  # headers only
     scene = task.embedding_type == "scene"
     rows = len(shapes) if scene else sum(shape[0] for shape in shapes)
@@ -330,10 +343,9 @@ def embed_task(loaded: LoadedModule, task: Task, task_out: Path, batch_size: Opt
                 bar.update(len(names))
     dist.barrier()
     if dist.rank == 0:
-        prng = random.Random()
-        prng.seed(0)
+        order = memmap_file_order(task)
         for split in task.splits:
-            merge_split(task, split, task_out / split, task_out, prng)
+            merge_split(task, split, task_out / split, task_out, order[split])
     elapsed = time.time() - start
     profile = {
         "time_elapsed": elapsed,

@@ -43,7 +43,13 @@ def chroma_acc(predictions: np.ndarray, targets: np.ndarray) -> float:
 
 
 def mAP(predictions: np.ndarray, targets: np.ndarray) -> float:
-    """Average precision per class, macro-averaged (every class counts the same)."""
+    """Average precision per class, macro-averaged (every class counts the same).
+
+    A class with no positive example in the split: scikit-learn 1.1 and later warn and give it AP 0, which
+    enters the mean; so does hear-eval-kit 2021.1.3 run with them (it calls the same function). With the
+    scikit-learn of its time (before 1.1: recall 0/0) that class's AP, and so the mean, was NaN. We give
+    what current scikit-learn gives (0 for the class).
+    """
     predictions, targets = np.asarray(predictions), np.asarray(targets)
     _check_scene_shapes(predictions, targets)
     with warnings.catch_warnings():  # a class with no positive example: sklearn warns, AP is 0
@@ -133,27 +139,45 @@ def _event_fms(predicted: Events, target: Events, *, t_collar: float, evaluate_o
     return 2 * precision * recall / (precision + recall)
 
 
+# hear-eval-kit's event scores: sed_eval's overall metrics with these parameters, the sub-scores it reports
+# (the first is the score itself).
+EVENT_SCORES: Dict[str, tuple] = {
+    "event_onset_200ms_fms": (("f_measure", "precision", "recall"),
+                              dict(segment_based=False, evaluate_onset=True, evaluate_offset=False, t_collar=0.2)),
+    "event_onset_50ms_fms": (("f_measure", "precision", "recall"),
+                             dict(segment_based=False, evaluate_onset=True, evaluate_offset=False, t_collar=0.05)),
+    "event_onset_offset_50ms_20perc_fms": (("f_measure", "precision", "recall"),
+                                           dict(segment_based=False, evaluate_onset=True, evaluate_offset=True,
+                                                t_collar=0.05, percentage_of_length=0.2)),
+    "segment_1s_er": (("error_rate",), dict(segment_based=True, time_resolution=1.0)),
+}
+
+
+def event_subscores(name: str, predicted: Events, target: Events, labels: Sequence[str]) -> Dict[str, float]:
+    """An event score's sub-scores as hear-eval-kit reports them, e.g. {'f_measure', 'precision', 'recall'}."""
+    names, params = EVENT_SCORES[name]
+    overall = _sed_eval_overall(predicted, target, labels, **params)
+    return {sub: overall[sub] for sub in names}
+
+
 def event_onset_200ms_fms(predicted: Events, target: Events, labels: Sequence[str]) -> float:
     """Event-based F-measure, an event matches when its onset is within 200 ms (offsets ignored)."""
-    return _sed_eval_overall(predicted, target, labels, segment_based=False, evaluate_onset=True,
-                             evaluate_offset=False, t_collar=0.2)["f_measure"]
+    return event_subscores("event_onset_200ms_fms", predicted, target, labels)["f_measure"]
 
 
 def event_onset_50ms_fms(predicted: Events, target: Events, labels: Sequence[str]) -> float:
     """Event-based F-measure, an event matches when its onset is within 50 ms (offsets ignored)."""
-    return _sed_eval_overall(predicted, target, labels, segment_based=False, evaluate_onset=True,
-                             evaluate_offset=False, t_collar=0.05)["f_measure"]
+    return event_subscores("event_onset_50ms_fms", predicted, target, labels)["f_measure"]
 
 
 def event_onset_offset_50ms_20perc_fms(predicted: Events, target: Events, labels: Sequence[str]) -> float:
     """Event-based F-measure: onset within 50 ms and offset within max(50 ms, 20% of the event length)."""
-    return _sed_eval_overall(predicted, target, labels, segment_based=False, evaluate_onset=True,
-                             evaluate_offset=True, t_collar=0.05, percentage_of_length=0.2)["f_measure"]
+    return event_subscores("event_onset_offset_50ms_20perc_fms", predicted, target, labels)["f_measure"]
 
 
 def segment_1s_er(predicted: Events, target: Events, labels: Sequence[str]) -> float:
     """Segment-based error rate on a 1 s grid (lower is better)."""
-    return _sed_eval_overall(predicted, target, labels, segment_based=True, time_resolution=1.0)["error_rate"]
+    return event_subscores("segment_1s_er", predicted, target, labels)["error_rate"]
 
 
 @dataclass(frozen=True)

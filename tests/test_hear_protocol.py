@@ -2,9 +2,7 @@
 torch.nn, early stopping, event post-processing, and tiny tasks that train above chance."""
 from __future__ import annotations
 
-import copy
 import math
-import random
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +30,6 @@ def test_grid_sampling_matches_hear_eval_kit():
     assert summary(confs) == HEAREVAL_DEFAULT_GRID_POINTS
     assert all(c["max_epochs"] == 500 and c["patience"] == 20 and c["check_val_every_n_epoch"] == 3
                and c["batch_size"] == 1024 and c["hidden_dim"] == 1024 and c["dropout"] == 0.1 for c in confs)
-
-
-def test_grid_sampling_against_installed_heareval():
-    task_predictions = pytest.importorskip("heareval.predictions.task_predictions")  # needs pytorch_lightning
-    from sklearn.model_selection import ParameterGrid
-    random.seed(42)
-    confs = list(ParameterGrid(copy.copy(task_predictions.PARAM_GRID)))
-    random.shuffle(confs)
-    expected = [(c["hidden_layers"], c["lr"], c["initialization"].__name__.rstrip("_")) for c in confs[:8]]
-    assert summary(hp.sample_grid_points(hp.PARAM_GRID, 8)) == expected
 
 
 def test_task_specific_grids():
@@ -91,8 +79,8 @@ def test_fold_rotation_and_tiny_kfold_task_above_chance():
 def test_batched_mlp_matches_torch_modules():
     """Each model of a stack trains exactly like hear-eval-kit's Linear-BatchNorm-ReLU MLP under torch Adam."""
     torch.manual_seed(0)
-    confs = [dict(hidden_layers=2, hidden_dim=32, dropout=0.0, lr=lr, initialization="xavier_uniform")
-             for lr in (1e-2, 1e-3)]
+    confs = [dict(hp.sample_grid_points(hp.PARAM_GRID, 1)[0], hidden_layers=2, hidden_dim=32, dropout=0.0, lr=lr,
+                  initialization="xavier_uniform") for lr in (1e-2, 1e-3)]
     batched = hp.BatchedMLP(confs, 8, 3, "cpu")
     x, y = torch.randn(50, 8), torch.randint(0, 3, (50,))
     references = []
@@ -209,5 +197,282 @@ def test_tiny_event_task_above_chance():
     data = hp.TaskData(task, {"train": split(12), "valid": split(4), "test": split(4)})
     result = hp.run_protocol(data, hp.ProtocolConfig(grid_points=1))
     assert result["scores"]["event_onset_200ms_fms"]["mean"] > 0.5
-    assert dict(result["folds"][0]["postprocessing"])["min_duration"] in (125, 250)
     assert not math.isnan(result["scores"]["segment_1s_er"]["mean"])
+
+
+BASE = hp.sample_grid_points(hp.PARAM_GRID, 1)[0]  # every grid key at hear-eval-kit's default
+
+
+def test_every_grid_key_checked_with_key_value_and_task_named():
+    hp.check_grid_point(BASE, "t")
+    for key, value in [("hidden_norm", "LayerNorm"), ("optim", "RMSprop"), ("initialization", "kaiming_uniform"),
+                       ("norm_after_activation", 1), ("hidden_dim", 0), ("hidden_dim", 2.0), ("dropout", 1.0),
+                       ("lr", "fast"), ("batch_size", True), ("max_epochs", 0)]:
+        with pytest.raises(ValueError, match=rf"task t: grid key '{key}' = {value!r} is not"):
+            hp.check_grid_point({**BASE, key: value}, "t")
+    with pytest.raises(ValueError, match="task t: grid key 'momentum' = 0.9 is not a hear-eval-kit grid key"):
+        hp.check_grid_point({**BASE, "momentum": 0.9}, "t")
+    task = make_task(evaluation_params={"task_specific_param_grid": {"hidden_norm": ["LayerNorm"]}})
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 8))
+    data = hp.TaskData(task, {s: gaussian_split(rng, centers, 20) for s in ("train", "valid", "test")})
+    with pytest.raises(ValueError, match="task toy: grid key 'hidden_norm' = 'LayerNorm' is not implemented"):
+        hp.run_protocol(data, hp.ProtocolConfig(grid_points=1))
+
+
+def test_xavier_gains_and_bias_initialisation():
+    """hear-eval-kit: xavier_uniform_/xavier_normal_ with gain calculate_gain('linear') for the first layer and
+    'relu' after a ReLU (the projection too); biases as torch.nn.Linear's, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    torch.manual_seed(0)
+    fan_in, width, labels = 600, 500, 400
+    for init in ("xavier_uniform", "xavier_normal"):
+        model = hp.BatchedMLP([dict(BASE, hidden_layers=2, hidden_dim=width, initialization=init)] * 2, fan_in,
+                              labels, "cpu")
+        for layer, (fi, fo, gain) in enumerate([(fan_in, width, 1.0), (width, width, math.sqrt(2)),
+                                                (width, labels, math.sqrt(2))]):
+            w, b = model.params[f"w{layer}"].detach(), model.params[f"b{layer}"].detach()
+            assert w.shape == (2, fo, fi) and b.shape == (2, fo, 1)
+            std = gain * math.sqrt(2.0 / (fi + fo))
+            assert w.std().item() == pytest.approx(std, rel=0.01)
+            if init == "xavier_uniform":
+                assert w.abs().max().item() <= std * math.sqrt(3) and w.abs().max().item() > 0.999 * std * math.sqrt(3)
+            else:
+                assert w.abs().max().item() > 3.5 * std  # normal tails, not a uniform's bound
+            bound = 1 / math.sqrt(fi)
+            assert b.abs().max().item() <= bound and b.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+            assert not torch.equal(w[0], w[1])  # each model draws its own
+    shallow = hp.BatchedMLP([dict(BASE, hidden_layers=0)], fan_in, labels, "cpu")  # no ReLU before the projection
+    assert shallow.params["w0"].std().item() == pytest.approx(math.sqrt(2.0 / (fan_in + labels)), rel=0.01)
+
+
+def recording_dropout(masks):
+    """eval.hear_protocol.dropout, keeping each keep-mask (scaled) it draws."""
+    def dropout(h, p, train):
+        if not train or p == 0:
+            return h
+        mask = (torch.rand_like(h) >= p) * (1.0 / (1.0 - p))
+        masks.append(mask)
+        return h * mask
+    return dropout
+
+
+class ReplayDropout(torch.nn.Module):
+    """Dropout with the masks our model drew, in order; (1, H, B) masks applied to (B, H) activations."""
+
+    def __init__(self, masks):
+        super().__init__()
+        self.masks = masks
+
+    def forward(self, x):
+        return x * self.masks.pop(0)[0].t() if self.training else x
+
+
+@pytest.mark.parametrize("hidden_norm,after", [("BatchNorm1d", False), ("BatchNorm1d", True), ("Identity", False)])
+def test_dropout_position_and_eval_batchnorm_match_torch(monkeypatch, hidden_norm, after):
+    """With dropout on: hear-eval-kit's layer order (Linear, BatchNorm, Dropout, ReLU; or Linear, Dropout, ReLU,
+    BatchNorm) as a plain torch model, trained side by side with the same dropout masks, then compared in eval
+    mode (BatchNorm's running statistics). Dropout before or after the ReLU is the same function (a
+    non-negative scale commutes with it); before or after BatchNorm is not. SGD: Adam turns the ~1e-10
+    gradients of a bias that BatchNorm cancels into +-lr steps of arbitrary sign, which eval mode shows."""
+    torch.manual_seed(0)
+    conf = dict(BASE, hidden_layers=2, hidden_dim=16, dropout=0.3, lr=0.1, optim="SGD", hidden_norm=hidden_norm,
+                norm_after_activation=after)
+    masks = []
+    monkeypatch.setattr(hp, "dropout", recording_dropout(masks))
+    ours = hp.BatchedMLP([conf], 6, 3, "cpu")
+    replay = []
+    layers = []
+    for layer in range(2):
+        linear = torch.nn.Linear(6 if layer == 0 else 16, 16)
+        norm = [torch.nn.BatchNorm1d(16)] if hidden_norm == "BatchNorm1d" else []
+        layers += [linear] + ([] if after else norm) + [ReplayDropout(replay), torch.nn.ReLU()] + (norm if after else [])
+    layers.append(torch.nn.Linear(16, 3))
+    net = torch.nn.Sequential(*layers)
+    with torch.no_grad():
+        for i, linear in enumerate(m for m in net if isinstance(m, torch.nn.Linear)):
+            linear.weight.copy_(ours.params[f"w{i}"][0])
+            linear.bias.copy_(ours.params[f"b{i}"][0, :, 0])
+    sgd = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    for _ in range(5):
+        out = ours.logits(x, train=True)  # (1, B, C)
+        replay.extend(masks)
+        masks.clear()
+        reference = net.train()(x)
+        torch.testing.assert_close(out[0], reference, atol=1e-5, rtol=1e-4)
+        torch.nn.functional.cross_entropy(out[0], y).backward()
+        ours.optimizer.step()
+        sgd.zero_grad()
+        torch.nn.functional.cross_entropy(reference, y).backward()
+        sgd.step()
+    assert not replay  # every mask was used, at the position it was drawn
+    with torch.no_grad():
+        torch.testing.assert_close(ours.logits(x, train=False)[0], net.eval()(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("optim", ["Adam", "SGD"])
+@pytest.mark.parametrize("after", [False, True])
+def test_centred_inputs_give_the_same_model_in_float64(after, optim):
+    """bfloat16 mode's centring (inputs x - m, the first layer adding W m back) is the raw-input model: same
+    training losses and (SGD: see the dropout test on Adam and cancelled biases) the same eval-mode outputs,
+    in float64. Centring alone is not (BatchNorm's running mean lags behind the W m it would have to absorb;
+    with BatchNorm after the ReLU, not even the training curve is the same)."""
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(100 + 0.3 * rng.normal(size=(256, 5)))  # features far from 0 against their spread
+    y = torch.as_tensor(rng.integers(0, 3, 256))
+    m = x.mean(0)
+    conf = dict(BASE, hidden_layers=2, hidden_dim=32, lr=1e-2 if optim == "Adam" else 0.1, optim=optim,
+                norm_after_activation=after)
+    models = {}
+    for name, shift in (("raw", None), ("centred", m), ("naive", None)):
+        torch.manual_seed(0)
+        models[name] = hp.BatchedMLP([conf], 5, 3, "cpu", dtype=torch.float64, input_shift=shift)
+    inputs = {"raw": x, "centred": x - m, "naive": x - m}
+    curves = {name: [] for name in models}
+    for step in range(30):
+        batch = slice(64 * (step % 4), 64 * (step % 4 + 1))
+        for name, model in models.items():
+            torch.manual_seed(step)  # the same dropout masks
+            loss = torch.nn.functional.cross_entropy(model.logits(inputs[name][batch], train=True)[0], y[batch])
+            loss.backward()
+            model.optimizer.step()
+            curves[name].append(loss.item())
+    np.testing.assert_allclose(curves["centred"], curves["raw"], rtol=1e-9)
+    if after:
+        assert not np.allclose(curves["naive"], curves["raw"], rtol=1e-3)
+    else:
+        np.testing.assert_allclose(curves["naive"], curves["raw"], rtol=1e-9)
+    if optim == "SGD":
+        with torch.no_grad():
+            raw = models["raw"].logits(x, train=False)
+            torch.testing.assert_close(models["centred"].logits(x - m, train=False), raw, rtol=1e-9, atol=1e-9)
+            assert (models["naive"].logits(x - m, train=False) - raw).abs().max() > 1e-3
+
+
+def tiny_data(evaluation=("top1_acc",), valid_classes=4, seed=0, **metadata):
+    rng = np.random.default_rng(seed)
+    centers = 3 * rng.normal(size=(4, 8))
+    valid = gaussian_split(rng, centers[:valid_classes], 40)
+    valid.targets = np.pad(valid.targets, ((0, 0), (0, 4 - valid_classes)))
+    return hp.TaskData(make_task(evaluation=evaluation, **metadata),
+                       {"train": gaussian_split(rng, centers, 80), "valid": valid, "test": gaussian_split(rng, centers, 40)})
+
+
+def test_stops_at_the_first_non_finite_check():
+    """aucroc is NaN on a validation split with one class: Lightning's EarlyStopping (check_finite) stops at
+    that check; ModelCheckpoint has saved it (first check), so the grid point's score is NaN."""
+    data = tiny_data(evaluation=("aucroc", "top1_acc"), valid_classes=1)
+    conf = dict(BASE, hidden_dim=16, check_val_every_n_epoch=4)
+    (result,) = hp.Trainer(data, hp.ProtocolConfig()).train([conf], data.splits["train"], data.splits["valid"])
+    assert (result.epoch, result.epochs_trained) == (3, 4) and math.isnan(result.validation_score)
+
+
+def test_test_uses_the_best_checks_weights(monkeypatch):
+    data = tiny_data()
+    trainer = hp.Trainer(data, hp.ProtocolConfig())
+    scripted = iter([0.5, 0.8, 0.6, 0.7, 0.75, 0.9])  # best at the 2nd check, then 3 checks without improvement
+    monkeypatch.setattr(trainer.scorer, "evaluate", lambda *a, **k: ({"top1_acc": next(scripted)}, ()))
+    snapshots = []  # every model's parameters and statistics at each check
+    predict = trainer.predict
+
+    def snapshot_predict(model, x):
+        if len(x) == len(data.splits["valid"].embeddings):
+            snapshots.append(model.state(0))
+        return predict(model, x)
+
+    monkeypatch.setattr(trainer, "predict", snapshot_predict)
+    conf = dict(BASE, hidden_dim=16, patience=3, check_val_every_n_epoch=2, lr=1e-2)
+    (result,) = trainer.train([conf], data.splits["train"], data.splits["valid"])
+    assert (result.validation_score, result.epoch, result.epochs_trained, len(snapshots)) == (0.8, 3, 10, 5)
+    for key, value in result.state.items():
+        assert torch.equal(value, snapshots[1][key])
+    assert not torch.equal(result.state["w0"], snapshots[-1]["w0"])
+    trainer.predict = predict
+    test = data.splits["test"]
+    loss = trainer.test(result, test)["loss"]
+    for state, same in ((snapshots[1], True), (snapshots[-1], False)):
+        other = hp.ModelResult(conf=conf, validation_score=0.0, epoch=0, state=state)
+        assert (trainer.test(other, test)["loss"] == loss) == same
+
+
+def test_validation_loss_path_of_maestro_like_tasks(monkeypatch):
+    """use_scoring_for_early_stopping false: the validation loss is monitored (min), scores are not computed
+    during training, the grid ranks by loss, and an event task needs exactly one post-processing."""
+    data = tiny_data(use_scoring_for_early_stopping=False, **FAST)
+    trainer = hp.Trainer(data, hp.ProtocolConfig())
+    assert not trainer.maximize
+    monkeypatch.setattr(trainer.scorer, "evaluate", lambda *a, **k: pytest.fail("scored during training"))
+    losses = []
+    predict = trainer.predict
+
+    def loss_predict(model, x):
+        logits = predict(model, x)
+        target = torch.as_tensor(data.splits["valid"].targets).argmax(1)
+        losses.append([torch.nn.functional.cross_entropy(g, target).item() for g in logits])
+        return logits
+
+    monkeypatch.setattr(trainer, "predict", loss_predict)
+    confs = [dict(BASE, hidden_dim=16, patience=3, lr=lr, max_epochs=30) for lr in (1e-1, 1e-3)]
+    results = trainer.train(confs, data.splits["train"], data.splits["valid"])
+    for g, result in enumerate(results):  # models leave the stack as they stop: follow each one's rows
+        curve = []
+        for check in losses:
+            if len(curve) < result.epochs_trained // 3:
+                curve.append(check[g] if len(check) == 2 else check[0])
+        assert result.validation_score == pytest.approx(min(curve), rel=1e-6)
+        assert result.epoch == 3 * curve.index(min(curve)) + 2
+    assert hp.rank_grid_points(results, trainer.maximize)[0].validation_score == min(r.validation_score for r in results)
+    result = hp.run_seed(data, hp.ProtocolConfig(grid_points=2), 42)
+    assert result["score_mode"] == "min"
+    events = make_task("event", n_labels=2, evaluation=("event_onset_50ms_fms",), use_scoring_for_early_stopping=False)
+    with pytest.raises(ValueError, match="exactly one event post-processing"):
+        hp.Trainer(hp.TaskData(events, {}), hp.ProtocolConfig())
+
+
+def event_scorer(grid=None):
+    params = {"event_postprocessing_grid": grid} if grid else {}
+    task = make_task("event", n_labels=2, evaluation=("event_onset_200ms_fms",), evaluation_params=params)
+    task.labels[:] = ["x", "y"]
+    times = np.arange(0, 2000, 50.0)
+    split = hp.SplitData(np.zeros((40, 1), np.float32), np.zeros((40, 2), np.float32), ["a.wav"] * 40, times,
+                         {"a.wav": [{"label": "x", "start": 500.0, "end": 1000.0},
+                                    {"label": "y", "start": 1500.0, "end": 1650.0}]})
+    return hp.Scorer(hp.TaskData(task, {})), split
+
+
+def test_postprocessing_tie_break_and_nan_as_zero():
+    scorer, split = event_scorer({"median_filter_ms": [0], "min_duration": [125, 250]})
+    decoder = scorer.decoder(split)
+    probabilities = np.zeros((40, 2))
+    probabilities[10:21, 0] = 0.9  # 500-1000 ms: long enough for both options
+    scores, option = scorer.evaluate(probabilities, split, decoder, all_scores=False)
+    assert (scores["event_onset_200ms_fms"], option) == (pytest.approx(2 / 3), (("median_filter_ms", 0),
+                                                                                 ("min_duration", 250)))
+    probabilities[30:34, 1] = 0.9  # 1500-1650 ms: only min_duration 125 keeps it
+    scores, option = scorer.evaluate(probabilities, split, decoder, all_scores=False)
+    assert (scores["event_onset_200ms_fms"], dict(option)["min_duration"]) == (1.0, 125)
+    # nothing predicted: F is NaN for both, counted as 0 to choose (tie: the larger option); reported NaN
+    scores, option = scorer.evaluate(np.zeros((40, 2)), split, decoder, all_scores=False)
+    assert math.isnan(scores["event_onset_200ms_fms"]) and dict(option)["min_duration"] == 250
+
+
+def test_seeds_keep_per_seed_scores_and_report_the_spread_over_seeds():
+    data = tiny_data(**FAST)
+    config = hp.ProtocolConfig(grid_points=1, seeds=hp.seeds(3))
+    assert config.seeds == (42, 43, 44)
+    result = hp.run_protocol(data, config)
+    runs = result["runs"]
+    assert result["spread"] == "seeds" and [r["seed"] for r in runs] == [42, 43, 44]
+    values = [r["scores"]["top1_acc"]["mean"] for r in runs]
+    top1 = result["scores"]["top1_acc"]
+    assert top1["per_seed"] == values and top1["mean"] == pytest.approx(np.mean(values))
+    assert top1["std"] == pytest.approx(np.std(values, ddof=1))
+    half = 4.302652729911275 * top1["std"] / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert top1["ci95"] == pytest.approx([top1["mean"] - half, top1["mean"] + half])
+    single = hp.run_protocol(data, hp.ProtocolConfig(grid_points=1))  # seed 42 alone: the same run
+    def outcome(folds):
+        return [(f["scores"], f["loss"], f["epoch"], f["validation_score"]) for f in folds]
+
+    assert single["spread"] == "folds" and outcome(single["folds"]) == outcome(runs[0]["folds"])
+    assert outcome(hp.run_seed(data, hp.ProtocolConfig(grid_points=1), 43)["folds"]) == outcome(runs[1]["folds"])
+    assert outcome(runs[1]["folds"]) != outcome(runs[0]["folds"])
