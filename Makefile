@@ -1,5 +1,6 @@
 # make demo: set up .venv and evaluate the bundled checkpoint on small offline tasks (results/demo/).
-# make test: set up .venv with the test tools and the HEAR tools, then run the test suite.
+# make test: set up .venv with the test tools and the HEAR tools, and .venv-heareval (hear-eval-kit's predictions
+# code in its pinned environment, the reference of the HEAR protocol's tests), then run the test suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c requirements/constraints.txt
@@ -14,6 +15,10 @@ $(VENV)/.installed: setup.cfg requirements/constraints.txt requirements/hear-too
 	$(PIP) -r requirements/hear-tools-deps.txt
 	touch $@
 
+# heareval 2021.1.3's predictions code needs pytorch-lightning 1.8.6 and numpy<2 (eval/heareval_env.py).
+.venv-heareval/.installed: $(VENV)/.installed eval/heareval_env.py
+	rm -f $@ && $(PY) -m eval.heareval_env .venv-heareval
+
 # Offline sound sources for the synthetic tasks and the pre-training corpus (Debian packages).
 system-deps:
 	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { apt-get update -q && \
@@ -22,5 +27,5 @@ system-deps:
 demo: $(VENV)/.installed system-deps
 	$(PY) -m eval.run --demo --out results/demo
 
-test: $(VENV)/.installed system-deps
+test: $(VENV)/.installed .venv-heareval/.installed system-deps
 	$(PY) -m pytest -q tests

@@ -287,13 +287,16 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owner: bool = False  # this one started the process group (and closes it)
 
     @classmethod
     def from_env(cls) -> "Dist":
+        """This process's place under torchrun; joins the process group unless a caller already has."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         dist = cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
         if world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            dist.owner = True
         return dist
 
     def device(self) -> torch.device:
@@ -307,7 +310,7 @@ class Dist:
             torch.distributed.barrier()
 
     def close(self) -> None:
-        if self.world > 1 and torch.distributed.is_initialized():
+        if self.owner and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 

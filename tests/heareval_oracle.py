@@ -43,6 +43,9 @@ def grid(args):
                 trained.append({k: name(v) for k, v in kwargs["conf"].items()})
                 if len(trained) == case["n"]:
                     raise Stop
+                return tp.GridPointResult(predictor=None, model_path="", epoch=0, time_in_min=0.0, hparams={},
+                                          postprocessing=(), trainer=None, validation_score=0.0, score_mode="max",
+                                          conf=kwargs["conf"])
 
             tp.task_predictions_train = record
             tp.seed_everything = lambda seed, workers=False: seed_everything(case["seed"], workers=workers)

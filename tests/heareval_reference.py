@@ -1,7 +1,7 @@
 """hear-eval-kit 2021.1.3 as the reference, for the tests.
 
 - `write_tasks(root)`: small HEAR task folders (tones and noise whose labels can be learnt) of the kinds the
-  protocol distinguishes: a 4-fold event task, a trainvaltest multiclass scene task, a 3-fold multilabel
+  protocol distinguishes: a 4-fold event task, a trainvaltest multiclass scene task, a 4-fold multilabel
   scene task. Their `evaluation_params` make training short (small MLPs, few epochs, 64-row batches, so
   that even these small tasks have several batches per epoch).
 - `embed_with_heareval(tasks_root, out)`: embeds them with hear-eval-kit's own embeddings code
@@ -112,7 +112,7 @@ def write_task(root: Path, name: str, embedding_type: str, prediction_type: str,
 TASKS = {  # name: (embedding type, prediction type, splits, files per split, seconds)
     "ref_events-v1-full": ("event", "multilabel", [f"fold{i:02d}" for i in range(4)], 3, 4.0),
     "ref_scene-v1-full": ("scene", "multiclass", ["train", "valid", "test"], 150, 0.3),
-    "ref_multilabel-v1-full": ("scene", "multilabel", [f"fold{i:02d}" for i in range(3)], 60, 0.3),
+    "ref_multilabel-v1-full": ("scene", "multilabel", [f"fold{i:02d}" for i in range(4)], 70, 0.3),
 }
 
 

@@ -132,3 +132,48 @@ def test_fast_event_fms_equals_sed_eval(name):
         expected = score.fn(predicted, target, labels)
         fast = score.fast_fn(predicted, target, labels)
         assert (math.isnan(expected) and math.isnan(fast)) or fast == pytest.approx(expected, abs=1e-12)
+
+
+def heareval_value(name, *args):
+    """hear-eval-kit's own score function (heareval.score) on the same input: its primary value and, for event
+    scores, its sub-scores."""
+    from heareval.score import available_scores
+
+    score = available_scores[name](label_to_idx={label: i for i, label in enumerate("abcdefghijklm")})
+    value = score(*args)
+    return (value[0][1], dict(value)) if isinstance(value, tuple) else (value, None)
+
+
+@pytest.mark.parametrize("name", ["top1_acc", "pitch_acc", "chroma_acc", "mAP", "d_prime", "aucroc"])
+def test_every_scene_score_equals_heareval_score(name):
+    """On random scores with ties, one-hot and multi-hot targets, and a class with no positive example (mAP:
+    0 for that class in both, see metrics.mAP; aucroc and d_prime: NaN in both)."""
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        n, c = 60, 13
+        predictions = np.round(rng.random((n, c)), 1)  # ties
+        if trial % 2:
+            targets = (rng.random((n, c)) < 0.3).astype(np.float32)
+        else:
+            targets = np.eye(c, dtype=np.float32)[rng.integers(0, c, n)]
+        if trial >= 4:
+            targets[:, 3] = 0  # no positive example of class 3
+        ours = metrics.get_score(name).fn(predictions, targets)
+        theirs, _ = heareval_value(name, predictions, targets)
+        assert (math.isnan(ours) and math.isnan(theirs)) or ours == pytest.approx(theirs, abs=1e-12), trial
+    assert math.isnan(ours) if name in ("aucroc", "d_prime") else not math.isnan(ours)
+
+
+@pytest.mark.parametrize("name", list(metrics.EVENT_SCORES))
+def test_every_event_score_and_its_subscores_equal_heareval_score(name):
+    rng = np.random.default_rng(1)
+    labels = ["a", "b", "c"]
+    for _ in range(3):
+        target = random_events(rng, 6, labels, 4)
+        predicted = {f: events + [{"label": e["label"], "start": e["start"] + float(np.round(rng.normal(0, 80), 1)),
+                                   "end": e["end"] + float(np.round(rng.normal(0, 80), 1))} for e in target[f][:2]]
+                     for f, events in random_events(rng, 6, labels, 2).items()}
+        theirs, subscores = heareval_value(name, predicted, target)
+        ours = metrics.event_subscores(name, predicted, target, labels)
+        assert ours == pytest.approx(subscores) and metrics.get_score(name).fn(predicted, target, labels) == \
+            pytest.approx(theirs)

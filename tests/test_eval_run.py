@@ -1,0 +1,47 @@
+"""`torchrun -m eval.run`: the downstream stage spread over processes gives a one-process run's results."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from heareval_reference import FAST_GRID
+from test_eval_tasks import make_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def without_times(obj):
+    if isinstance(obj, dict):
+        return {k: without_times(v) for k, v in obj.items() if k not in ("train_seconds",)}
+    if isinstance(obj, list):
+        return [without_times(v) for v in obj]
+    return obj
+
+
+def test_torchrun_two_processes_equal_one_process(tmp_path, tiny_checkpoint):
+    tasks = tmp_path / "tasks"
+    make_task(tasks, "kfold_scene-v0-full", split_mode="new_split_kfold", files_per_split=6)
+    make_task(tasks, "scene-v0-full", files_per_split=6, seed=1)
+    for task in tasks.iterdir():
+        metadata = json.loads((task / "task_metadata.json").read_text())
+        metadata["evaluation_params"] = {"task_specific_param_grid": FAST_GRID}
+        (task / "task_metadata.json").write_text(json.dumps(metadata))
+    args = ["-m", "eval.run", "--tasks-dir", str(tasks), "--model", str(tiny_checkpoint), "--model-options",
+            json.dumps({"dtype": "float32"}), "--protocol", "hear", "--seeds", "2", "--grid-points", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    runs = {"one": [sys.executable], "two": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                            "--nproc_per_node", "2"]}
+    results = {}
+    for name, launcher in runs.items():
+        done = subprocess.run([*launcher, *args, "--out", str(tmp_path / name)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())["results"]
+        assert "kfold_scene-v0-full" in done.stdout  # rank 0's report
+    assert len(results["one"]) == 2 and all(r["spread"] == "seeds" for r in results["one"])
+    assert without_times(results["two"]) == without_times(results["one"])
+    units = sorted(p.name for p in (tmp_path / "two" / "results").rglob("*.seed*.json"))
+    assert units == sorted(f"{t}.hear.seed{s}.json" for t in ("kfold_scene-v0-full", "scene-v0-full") for s in (42, 43))
