@@ -1,173 +1,219 @@
-"""Our HEAR 2021 protocol (eval.hear_protocol) against hear-eval-kit's own predictions runner.
+"""Our HEAR 2021 protocol (eval.hear_protocol) against hear-eval-kit's own predictions code, several seeds each.
 
-    python benchmarks/eval_fidelity.py [--work DIR] [--model CKPT] [--tasks synth_pitch synth_drum_events]
-                                       [--grid-points 8] [--seeds 1] [--model-options JSON]
-                                       [--heareval-env /work/venv-heareval] [--reuse]
+    python benchmarks/eval_fidelity.py [--work DIR] [--model CKPT] [--seeds 3] [--tasks NAME ...] [--reuse]
 
-On one synthetic scene task and one synthetic event task (eval.synthetic, full size), embedded once
-with eval.embed, both implementations train and test on the same embedding files, one after the
-other on the same machine: `python -m heareval.predictions.runner <task> --grid-points N` (its
-defaults otherwise) in its pinned environment, and `run_protocol` here with the same N (its defaults:
-bf16 matmuls where the CPU has them). Printed: the test primary score of each, their difference
-(target: within 0.03) and the wall-time ratio (target: ours at least 10x faster). Both start from
-random weights, so one run of either is one draw from a distribution: `--seeds N` runs ours N times
-(initialisation and dropout seeds 0..N-1) and compares their mean score, with the per-seed scores
-recorded; times are per run. Results also go to <work>/fidelity.json.
+Three tasks, derived from the synthetic tasks (eval.synthetic, full size) and embedded once with eval.embed
+(the bundled checkpoint unless --model, 40 ms hop):
 
-At the module's default 40 ms hop the event task has 4x the rows and both sides take about 4x as long (a
-40 ms run of hear-eval-kit on a busy machine did not finish its first grid point in an hour), so the event
-comparison recorded in benchmarks/README.md was run on the native 160 ms frames
-(`--model-options '{"timestamp_hop_ms": 160}'`); both sides always get the same embeddings and settings.
+- long_drum_events: event, trainvaltest, 60 s files (1500 frames each): synth_drum_events' 4 s clips, 15 a file;
+- synth_words: scene, multiclass, 5-fold, as generated;
+- drum_halves_multilabel: scene, multilabel (which drums sound), trainvaltest: synth_drum_events' clips cut in
+  2 s halves.
 
-hear-eval-kit's environment (built here when --heareval-env does not exist): a venv whose packages
-shadow this one's (a .pth file appends this environment's site-packages, so torch, scikit-learn,
-scipy, sed_eval, dcase_util and heareval itself are shared) with what heareval 2021.1.3's predictions
-code pins or needs and current versions break:
+Both sides train and test on the same embedding files, one after the other on the same machine, once per
+seed (42, 43, 44, ...): hear-eval-kit's task_predictions (its predictions runner's function, in its pinned
+environment, eval.heareval_env) called by a small driver that seeds it with the seed instead of its fixed
+42, on a fresh copy of the folder; ours `run_seed` with the same seed, in float32 and in bfloat16. A seed
+draws the grid points (Python's random), the initialisation and the dropout on either side. To fit this
+2-core machine the grid is cut down through each task's `evaluation_params` (honoured by both sides; see
+SETTINGS) and each side trains `grid_points` of it.
 
-    python3 -m venv /work/venv-heareval
-    echo <this venv's site-packages> > /work/venv-heareval/lib/pythonX.Y/site-packages/zz_base.pth
-    /work/venv-heareval/bin/pip install "numpy<2" "pytorch-lightning==1.8.6" "torchmetrics<1" \\
-        "setuptools<82" torchinfo pandas more_itertools click
-    pip install --no-deps --ignore-requires-python heareval==2021.1.3   (if not in this env already)
-
-and it runs with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (Lightning 1.8 reloads its own checkpoints with
-torch.load, which now defaults to weights_only). --reuse takes hear-eval-kit's earlier result in
-<work>/heareval/<task> (score and its own recorded time) instead of running it again. Wall times are the headline (the
-target); CPU times (all threads, hear-eval-kit's including its start-up) are printed beside them,
-since on a shared machine the wall time also measures the neighbours.
+Printed (and written to <work>/fidelity.json): per task and side the mean primary test score over seeds with
+its standard error, the per-seed scores, and wall and CPU time per seed (CPU: all threads of the process;
+hear-eval-kit's without its start-up, like ours). Pass: ours (float32) within max(0.02, 2 standard errors of
+the difference) of hear-eval-kit's on every task; bfloat16 within the same of float32.
+--reuse takes hear-eval-kit's results of an earlier run in <work> instead of running it again.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
+import math
 import shutil
-import site
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, List
+
+import numpy as np
+import soundfile
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval import synthetic  # noqa: E402
+from eval import heareval_env, synthetic  # noqa: E402
 from eval.embed import embed_tasks, parse_model_options  # noqa: E402
-from eval.hear_protocol import ProtocolConfig, load_task_data, run_protocol  # noqa: E402
+from eval.hear_protocol import ProtocolConfig, load_task_data, run_seed, seeds  # noqa: E402
 
-HEAREVAL_PINS = ["numpy<2", "pytorch-lightning==1.8.6", "torchmetrics<1", "setuptools<82", "torchinfo", "pandas",
-                 "more_itertools", "click"]
-SCORE_TOLERANCE = 0.03
-SPEEDUP_TARGET = 10.0
-
-
-def heareval_python(env: Path) -> Path:
-    """The heareval environment's python, built first if it does not exist."""
-    python = env / "bin" / "python"
-    if python.exists():
-        return python
-    print(f"building hear-eval-kit's environment in {env}", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    (env / "lib" / version / "site-packages" / "zz_base.pth").write_text(site.getsitepackages()[0] + "\n")
-    subprocess.run([str(python), "-m", "pip", "install", *HEAREVAL_PINS], check=True)
-    probe = subprocess.run([str(python), "-c", "import heareval"], capture_output=True)
-    if probe.returncode:
-        subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--ignore-requires-python",
-                        "heareval==2021.1.3"], check=True)
-    return python
-
-
-def heareval_primary(task_dir: Path, primary: str) -> float:
-    scores = json.loads((task_dir / "test.predicted-scores.json").read_text())
-    if "aggregated_scores" in scores:
-        return float(scores["aggregated_scores"][f"test_{primary}_mean"])
-    return float(scores["test"][f"test_{primary}"])
+SR = 16000
+# per task: the grid overrides written into its metadata, and the grid points each side trains
+SETTINGS = {
+    "long_drum_events": ({"hidden_dim": [256], "max_epochs": [60], "patience": [5]}, 2),
+    "synth_words": ({"max_epochs": [100], "patience": [10]}, 4),
+    "drum_halves_multilabel": ({"max_epochs": [100], "patience": [10]}, 4),
+}
+TOLERANCE = 0.02
+DRIVER = """
+import json, logging, sys, time
+from pathlib import Path
+import pytorch_lightning as pl
+from heareval.predictions import task_predictions as tp
+task_dir, seed, grid_points = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+tp.seed_everything = lambda _, workers=False: pl.seed_everything(seed, workers=workers)  # instead of 42
+metadata = json.loads((task_dir / "task_metadata.json").read_text())
+size = json.loads((task_dir / f"{metadata['splits'][0]}.embedding-dimensions.json").read_text())[1]
+wall, cpu = time.perf_counter(), time.process_time()
+tp.task_predictions(embedding_path=task_dir, embedding_size=size, grid_points=grid_points, gpus=None,
+                    in_memory=True, deterministic=True, grid="default", logger=logging.getLogger("fidelity"))
+(task_dir / "fidelity-time.json").write_text(json.dumps({"wall": time.perf_counter() - wall,
+                                                         "cpu": time.process_time() - cpu}))
+"""
 
 
-def run_heareval(python: Path, embedded: Path, work: Path, grid_points: int,
-                 reuse: bool) -> Tuple[float, Optional[float]]:
-    """hear-eval-kit's predictions runner on a copy of the task's embeddings -> (the wall time it records for
-    the task: its task_predictions call, like ours without start-up and imports; the CPU time of the whole
-    process, None when reused)."""
-    task_dir = work / embedded.name
-    done = task_dir / "prediction-done.json"
-    cpu = None
-    if not (reuse and done.exists()):
+def read_task(folder: Path):
+    metadata = json.loads((folder / "task_metadata.json").read_text())
+    return metadata, {split: json.loads((folder / f"{split}.json").read_text()) for split in metadata["splits"]}
+
+
+def write_task(folder: Path, metadata: dict, splits: Dict[str, Dict[str, tuple]], labels: List[str]) -> None:
+    """A task folder from {split: {file: (audio, labels)}}."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for split, files in splits.items():
+        (folder / str(SR) / split).mkdir(parents=True)
+        for name, (audio, _) in files.items():
+            soundfile.write(str(folder / str(SR) / split / name), audio, SR, subtype="PCM_16")
+        (folder / f"{split}.json").write_text(json.dumps({n: lab for n, (_, lab) in files.items()}, indent=1))
+    (folder / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{v}\n" for i, v in enumerate(labels)))
+    (folder / "task_metadata.json").write_text(json.dumps({**metadata, "splits": list(splits)}, indent=1))
+
+
+def derive_tasks(synth: Path, out: Path) -> List[Path]:
+    """The three benchmark tasks (see the docstring) from the generated synthetic task folders."""
+    drums = synth / f"synth_drum_events-{synthetic.VERSION}-full"
+    metadata, splits = read_task(drums)
+    labels = [line.split(",", 1)[1] for line in (drums / "labelvocabulary.csv").read_text().split()[1:]]
+    clip_ms = metadata["sample_duration"] * 1000
+    long_files, halves = {}, {}
+    for split, files in splits.items():
+        names = sorted(files)
+        long_files[split], halves[split] = {}, {}
+        for f in range(len(names) // 15):
+            group = names[15 * f:15 * (f + 1)]
+            audio = np.concatenate([soundfile.read(str(drums / str(SR) / split / n), dtype="float32")[0]
+                                    for n in group])
+            events = [{**e, "start": e["start"] + i * clip_ms, "end": e["end"] + i * clip_ms}
+                      for i, n in enumerate(group) for e in files[n]]
+            long_files[split][f"{split}_{f:02d}.wav"] = (audio, events)
+        for n in names:
+            audio = soundfile.read(str(drums / str(SR) / split / n), dtype="float32")[0]
+            half = len(audio) // 2
+            for h in range(2):
+                present = sorted({e["label"] for e in files[n]
+                                  if h * clip_ms / 2 <= e["start"] < (h + 1) * clip_ms / 2})
+                halves[split][f"{n[:-4]}_{h}.wav"] = (audio[h * half:(h + 1) * half], present)
+    common = {"version": "v1", "split_mode": "trainvaltest", "mode": "full"}
+    write_task(out / "long_drum_events", {
+        **common, "task_name": "long_drum_events", "embedding_type": "event", "prediction_type": "multilabel",
+        "sample_duration": 15 * metadata["sample_duration"], "evaluation": metadata["evaluation"]}, long_files, labels)
+    write_task(out / "drum_halves_multilabel", {
+        **common, "task_name": "drum_halves_multilabel", "embedding_type": "scene", "prediction_type": "multilabel",
+        "sample_duration": metadata["sample_duration"] / 2, "evaluation": ["mAP", "d_prime", "aucroc"]}, halves, labels)
+    shutil.rmtree(out / "synth_words", ignore_errors=True)
+    shutil.copytree(synth / f"synth_words-{synthetic.VERSION}-full", out / "synth_words")
+    for name, (grid, _) in SETTINGS.items():
+        path = out / name / "task_metadata.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()),
+                                    "evaluation_params": {"task_specific_param_grid": grid}}, indent=1))
+    return [out / name for name in SETTINGS]
+
+
+def run_heareval(embedded: Path, work: Path, seed: int, grid_points: int, reuse: bool) -> dict:
+    """hear-eval-kit's task_predictions on a copy of the task's embeddings, seeded -> primary score, times."""
+    task_dir = work / f"{embedded.name}.seed{seed}"
+    if not (reuse and (task_dir / "fidelity-time.json").exists()):
         shutil.rmtree(task_dir, ignore_errors=True)
         shutil.copytree(embedded, task_dir)
-        env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONWARNINGS": "ignore"}
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        with open(work / f"{embedded.name}.log", "w") as log:
-            subprocess.run([str(python), "-m", "heareval.predictions.runner", embedded.name,
-                            "--grid-points", str(grid_points)], cwd=work, env=env,
-                           stdout=log, stderr=subprocess.STDOUT, check=True)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return float(json.loads(done.read_text())["time"]), cpu
+        with open(work / f"{task_dir.name}.log", "w") as log:
+            heareval_env.run(["-c", DRIVER, str(task_dir), str(seed), str(grid_points)], cwd=work, stdout=log,
+                             stderr=log)
+    scores = json.loads((task_dir / "test.predicted-scores.json").read_text())
+    metadata = json.loads((task_dir / "task_metadata.json").read_text())
+    primary = f"test_{metadata['evaluation'][0]}"
+    score = scores["aggregated_scores"][f"{primary}_mean"] if "aggregated_scores" in scores else scores["test"][primary]
+    return {"score": float(score), **json.loads((task_dir / "fidelity-time.json").read_text())}
+
+
+def run_ours(task_dir: Path, seed: int, grid_points: int, dtype: str) -> dict:
+    data = load_task_data(task_dir)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run_seed(data, ProtocolConfig(grid_points=grid_points, dtype=dtype), seed)
+    return {"score": result["scores"][result["primary_score"]]["mean"], "wall": time.perf_counter() - wall,
+            "cpu": time.process_time() - cpu}
+
+
+def summary(runs: List[dict]) -> dict:
+    scores = np.array([r["score"] for r in runs])
+    return {"mean": float(scores.mean()), "se": float(scores.std(ddof=1) / math.sqrt(len(scores))),
+            "per_seed": scores.tolist(), "wall": float(np.mean([r["wall"] for r in runs])),
+            "cpu": float(np.mean([r["cpu"] for r in runs]))}
+
+
+def agree(a: dict, b: dict) -> dict:
+    difference = a["mean"] - b["mean"]
+    bound = max(TOLERANCE, 2 * math.hypot(a["se"], b["se"]))
+    return {"difference": difference, "bound": bound, "pass": abs(difference) <= bound}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/hear_msm_mae_eval_fidelity"))
     parser.add_argument("--model", default=None, help="checkpoint to embed with (default: the bundled one)")
-    parser.add_argument("--tasks", nargs="+", default=["synth_pitch", "synth_drum_events"],
-                        choices=list(synthetic.TASKS))
-    parser.add_argument("--grid-points", type=int, default=8, help="grid points of both protocols")
-    parser.add_argument("--seeds", type=int, default=1,
-                        help="run ours with this many training seeds and compare their mean (one run is one draw)")
     parser.add_argument("--model-options", default="{}", help="JSON options of hear_msm_mae for the embeddings")
-    parser.add_argument("--heareval-env", type=Path, default=Path("/work/venv-heareval"))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per side: 42, 43, ...")
+    parser.add_argument("--tasks", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--reuse", action="store_true", help="reuse hear-eval-kit's earlier results in --work")
     args = parser.parse_args()
 
-    model_options = parse_model_options(args.model_options, args.model)
-    python = heareval_python(args.heareval_env)
+    options = parse_model_options(args.model_options, args.model)
+    heareval_env.environment_python()  # fails early, saying how to build it
+    synth = args.work / "synthetic"
+    if not all((synth / f"{t}-{synthetic.VERSION}-full" / "task_metadata.json").exists()
+               for t in ("synth_drum_events", "synth_words")):
+        synthetic.generate(synth, tasks=["synth_drum_events", "synth_words"])
     tasks_dir = args.work / "tasks"
-    folders = [f"{name}-{synthetic.VERSION}-full" for name in args.tasks]
-    if not all((tasks_dir / f / "task_metadata.json").exists() for f in folders):
-        synthetic.generate(tasks_dir, tasks=args.tasks)
-    model_out = embed_tasks("hear_msm_mae", tasks_dir, args.work / "embeddings", args.model, model_options,
-                            folders)
+    if not all((tasks_dir / name / "task_metadata.json").exists() for name in SETTINGS):
+        derive_tasks(synth, tasks_dir)
+    model_out = embed_tasks("hear_msm_mae", tasks_dir, args.work / "embeddings", args.model, options, args.tasks)
     heareval_work = args.work / "heareval"
     heareval_work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for folder in folders:
-        data = load_task_data(model_out / folder)
-        theirs_s, theirs_cpu = run_heareval(python, model_out / folder, heareval_work, args.grid_points,
-                                           args.reuse)
-        start, start_cpu = time.perf_counter(), time.process_time()
-        runs = [run_protocol(data, ProtocolConfig(grid_points=args.grid_points, train_seed=seed))
-                for seed in range(args.seeds)]
-        ours_s = (time.perf_counter() - start) / args.seeds  # per run of the protocol, like theirs
-        ours_cpu = (time.process_time() - start_cpu) / args.seeds
-        primary = runs[0]["primary_score"]
-        theirs = heareval_primary(heareval_work / folder, primary)
-        seed_scores = [run["scores"][primary]["mean"] for run in runs]
-        ours_score = float(sum(seed_scores) / len(seed_scores))
-        rows.append({"task": folder, "score": primary, "heareval": theirs, "ours": ours_score,
-                     "ours_per_seed": seed_scores, "difference": abs(ours_score - theirs),
-                     "heareval_seconds": theirs_s, "ours_seconds": ours_s, "speedup": theirs_s / ours_s,
-                     "heareval_cpu_seconds": theirs_cpu, "ours_cpu_seconds": ours_cpu,
-                     "cpu_speedup": theirs_cpu / ours_cpu if theirs_cpu else None,
-                     "ours_hparams": [run["hparams"] for run in runs], "grid_points": args.grid_points,
-                     "model_options": model_options})
-        print(f"{folder}: heareval {theirs:.3f} in {theirs_s:.0f} s, ours {ours_score:.3f} in {ours_s:.0f} s",
-              file=sys.stderr)
-    print(f"{'task':28} {'score':22} {'heareval':>8} {'ours':>6} {'|diff|':>6} {'heareval s':>10} "
-          f"{'ours s':>7} {'speedup':>7} {'CPU speedup':>11}")
+    for name in args.tasks:
+        grid_points = SETTINGS[name][1]
+        sides: Dict[str, List[dict]] = {"heareval": [], "float32": [], "bfloat16": []}
+        for seed in seeds(args.seeds):
+            sides["heareval"].append(run_heareval(model_out / name, heareval_work, seed, grid_points, args.reuse))
+            for dtype in ("float32", "bfloat16"):
+                sides[dtype].append(run_ours(model_out / name, seed, grid_points, dtype))
+            print(f"{name} seed {seed}: " + ", ".join(f"{side} {runs[-1]['score']:.4f} ({runs[-1]['wall']:.0f} s)"
+                                                      for side, runs in sides.items()), file=sys.stderr)
+        stats = {side: summary(runs) for side, runs in sides.items()}
+        rows.append({"task": name, "grid": SETTINGS[name][0], "grid_points": grid_points, **stats,
+                     "ours_vs_heareval": agree(stats["float32"], stats["heareval"]),
+                     "bfloat16_vs_float32": agree(stats["bfloat16"], stats["float32"])})
+    print("| task | hear-eval-kit | ours float32 | ours bfloat16 | fp32 - hear-eval-kit (bound) | bf16 - fp32 (bound) "
+          "| wall s: hear-eval-kit / fp32 / bf16 | CPU s: hear-eval-kit / fp32 / bf16 |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        cpu = f"{r['cpu_speedup']:10.1f}x" if r["cpu_speedup"] else f"{'–':>11}"
-        print(f"{r['task']:28} {r['score']:22} {r['heareval']:8.3f} {r['ours']:6.3f} {r['difference']:6.3f} "
-              f"{r['heareval_seconds']:10.0f} {r['ours_seconds']:7.0f} {r['speedup']:6.1f}x {cpu}")
-    within = all(r["difference"] <= SCORE_TOLERANCE for r in rows)
-    fast = all(r["speedup"] >= SPEEDUP_TARGET for r in rows)
-    print(f"scores within {SCORE_TOLERANCE}: {'yes' if within else 'NO'}; "
-          f"at least {SPEEDUP_TARGET:g}x faster: {'yes' if fast else 'NO'}")
-    (args.work / "fidelity.json").write_text(json.dumps({"rows": rows, "scores_within_tolerance": within,
-                                                         "speedup_target_met": fast}, indent=1))
+        cells = [f"{r[s]['mean']:.4f} ± {r[s]['se']:.4f}" for s in ("heareval", "float32", "bfloat16")]
+        checks = [f"{r[k]['difference']:+.4f} ({r[k]['bound']:.4f}) {'pass' if r[k]['pass'] else 'FAIL'}"
+                  for k in ("ours_vs_heareval", "bfloat16_vs_float32")]
+        times = [" / ".join(f"{r[s][t]:.0f}" for s in ("heareval", "float32", "bfloat16")) for t in ("wall", "cpu")]
+        print(f"| {r['task']} | " + " | ".join(cells + checks + times) + " |")
+    passed = all(r["ours_vs_heareval"]["pass"] and r["bfloat16_vs_float32"]["pass"] for r in rows)
+    print(f"all within max({TOLERANCE}, 2 standard errors): {'yes' if passed else 'NO'}")
+    (args.work / "fidelity.json").write_text(json.dumps({"seeds": list(seeds(args.seeds)), "model": args.model,
+                                                         "model_options": options, "rows": rows, "pass": passed},
+                                                        indent=1))
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ def test_dropout_position_and_eval_batchnorm_match_torch(monkeypatch, hidden_nor
     for layer in range(2):
         linear = torch.nn.Linear(6 if layer == 0 else 16, 16)
         norm = [torch.nn.BatchNorm1d(16)] if hidden_norm == "BatchNorm1d" else []
-        layers += [linear] + ([] if after else norm) + [ReplayDropout(replay), torch.nn.ReLU()] + (norm if after else [])
+        layers += [linear, *([] if after else norm), ReplayDropout(replay), torch.nn.ReLU(), *(norm if after else [])]
     layers.append(torch.nn.Linear(16, 3))
     net = torch.nn.Sequential(*layers)
     with torch.no_grad():
@@ -354,8 +354,8 @@ def tiny_data(evaluation=("top1_acc",), valid_classes=4, seed=0, **metadata):
     centers = 3 * rng.normal(size=(4, 8))
     valid = gaussian_split(rng, centers[:valid_classes], 40)
     valid.targets = np.pad(valid.targets, ((0, 0), (0, 4 - valid_classes)))
-    return hp.TaskData(make_task(evaluation=evaluation, **metadata),
-                       {"train": gaussian_split(rng, centers, 80), "valid": valid, "test": gaussian_split(rng, centers, 40)})
+    splits = {"train": gaussian_split(rng, centers, 80), "valid": valid, "test": gaussian_split(rng, centers, 40)}
+    return hp.TaskData(make_task(evaluation=evaluation, **metadata), splits)
 
 
 def test_stops_at_the_first_non_finite_check():
@@ -421,7 +421,8 @@ def test_validation_loss_path_of_maestro_like_tasks(monkeypatch):
                 curve.append(check[g] if len(check) == 2 else check[0])
         assert result.validation_score == pytest.approx(min(curve), rel=1e-6)
         assert result.epoch == 3 * curve.index(min(curve)) + 2
-    assert hp.rank_grid_points(results, trainer.maximize)[0].validation_score == min(r.validation_score for r in results)
+    best = hp.rank_grid_points(results, trainer.maximize)[0]
+    assert best.validation_score == min(r.validation_score for r in results)
     result = hp.run_seed(data, hp.ProtocolConfig(grid_points=2), 42)
     assert result["score_mode"] == "min"
     events = make_task("event", n_labels=2, evaluation=("event_onset_50ms_fms",), use_scoring_for_early_stopping=False)
