@@ -29,12 +29,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-from hear_msm_mae.atomic import atomic_write
-
+from .embed import save_json
 from .hear_protocol import GRIDS, ProtocolConfig, TaskData, load_task_data, mean_std, run_protocol, seeds
 
 DONE_FILE = "prediction-done.json"
@@ -67,11 +65,6 @@ def heareval_scores(run: dict, embedding_path: Path) -> dict:
     return scores
 
 
-def save_json(path: Path, obj, indent: Optional[int] = 4) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=indent)
-
-
 def predict_task(task_dir: Path, config: ProtocolConfig, gpus) -> dict:
     """The protocol on one task folder, its three files written; returns our result."""
     start = time.time()
@@ -79,14 +72,14 @@ def predict_task(task_dir: Path, config: ProtocolConfig, gpus) -> dict:
     result = run_protocol(data, config)
     runs = result.get("runs", [result])
     save_json(task_dir / RESULT_FILE, result, indent=1)
-    save_json(task_dir / SCORES_FILE, heareval_scores(runs[0], task_dir))
+    save_json(task_dir / SCORES_FILE, heareval_scores(runs[0], task_dir), indent=4)
     save_json(task_dir / DONE_FILE, {
         "time": time.time() - start, "embedding_path": str(task_dir),
         "embedding_size": int(next(iter(data.splits.values())).embeddings.shape[1]),
         "grid_points": config.grid_points, "gpus": gpus,
         "gpu_max_mem": torch.cuda.max_memory_allocated() if config.device.startswith("cuda") else None,
         "gpu_device_name": torch.cuda.get_device_name(config.device) if config.device.startswith("cuda") else None,
-        "in_memory": True, "deterministic": True, "seeds": list(config.seeds), "dtype": config.dtype})
+        "in_memory": True, "deterministic": True, "seeds": list(config.seeds), "dtype": config.dtype}, indent=4)
     return result
 
 

@@ -1,5 +1,7 @@
-"""The HEAR 2021 protocol: grid sampling as hear-eval-kit, fold rotation, the batched MLP against
-torch.nn, early stopping, event post-processing, and tiny tasks that train above chance."""
+"""The HEAR 2021 protocol: grid sampling and grid keys, fold rotation, the batched MLP against plain torch models
+(initialisation, dropout and BatchNorm in training and eval mode), bfloat16's centring in float64, early stopping
+(patience, a non-finite check, the best check's weights, the validation loss), event post-processing, seeds, and
+tiny tasks that train above chance. Against hear-eval-kit's own code: tests/test_heareval_reference.py."""
 from __future__ import annotations
 
 import math
