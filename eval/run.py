@@ -44,6 +44,7 @@ from typing import Dict, List, Optional
 
 from hear_msm_mae.atomic import atomic_write
 from hear_msm_mae.checkpoint import load_checkpoint
+from hear_msm_mae.frontend import build_frontend
 from hear_msm_mae.msm_mae import FAMILY, default_checkpoint
 
 from .embed import DONE_FILE, Dist, embed_tasks, model_dir_name, parse_model_options, read_embedded_task
@@ -127,7 +128,7 @@ def run_name(module: str, model: Optional[str], options: Dict) -> str:
 def native_hop_ms(model: Optional[str]) -> float:
     """Width of one patch column of the checkpoint (the bundled default when None), in ms."""
     checkpoint = load_checkpoint(model or default_checkpoint())
-    frontend = checkpoint.family.frontend()
+    frontend = build_frontend(checkpoint.frontend)
     return checkpoint.grid.column_stride * frontend.hop_length * 1000 / frontend.sample_rate
 
 

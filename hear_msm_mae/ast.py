@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F401  (the HEAR API)
 from .family import Checkpoint, Family, model_weights, strip_prefix
-from .frontend import KaldiFbank, KaldiFbankConfig
+from .frontend import KaldiFbankConfig
 from .vit import ViTConfig, VisionTransformer
 
+FRONTEND = KaldiFbankConfig(window_type="hanning", subtract_clip_mean=True)
 AUDIOSET_NORM_STATS = (-4.2677393, 4.5689974)
 MEL_BINS, PATCH = 128, 16
 DROPPED = re.compile(r"^(head\.|head_dist\.|mlp_head\.)")
@@ -92,12 +93,11 @@ def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None
                        patch_stride=(stride, stride), embed_dim=embed_dim, depth=depth, num_heads=embed_dim // 64,
                        mlp_ratio=weights["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim, qkv_bias="qkv",
                        num_prefix_tokens=2, pool="prefix")
-    return Checkpoint(path, FAMILY, config, config.token_grid(), weights, None)
+    return Checkpoint(path, FAMILY, config, config.token_grid(), FRONTEND, weights, None)
 
 
 FAMILY = Family(
     name="ast", title="AST", looks_like=looks_like, read=read, encoder=VisionTransformer,
-    frontend=lambda: KaldiFbank(KaldiFbankConfig(window_type="hanning", subtract_clip_mean=True)),
     default_norm_stats=AUDIOSET_NORM_STATS, norm_scale=2.0, pad_raw=0.0, pad_last_unit=True, freq_pool="mean",
     timestamp_hop_ms=50.0)
 

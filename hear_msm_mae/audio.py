@@ -8,10 +8,9 @@ import soundfile
 import torch
 import torchaudio
 
-from .frontend import SAMPLE_RATE
 
 
-def load_audio(path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+def load_audio(path, sample_rate: int) -> torch.Tensor:
     """Any file soundfile reads -> (S,) float32: channels averaged, resampled to `sample_rate`."""
     path = Path(path)
     if not path.is_file():

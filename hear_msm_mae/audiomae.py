@@ -23,9 +23,10 @@ import torch
 
 from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F401  (the HEAR API)
 from .family import Checkpoint, Family, model_weights, strip_prefix
-from .frontend import KaldiFbank, KaldiFbankConfig
+from .frontend import KaldiFbankConfig
 from .vit import ViTConfig, VisionTransformer
 
+FRONTEND = KaldiFbankConfig(window_type="hanning", subtract_clip_mean=True)
 AUDIOSET_NORM_STATS = (-4.2677393, 4.5689974)
 MEL_BINS, PATCH = 128, 16
 DROPPED = re.compile(r"^(decoder_|mask_token$|head\.)")
@@ -71,12 +72,11 @@ def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None
     patches = table[:, 1:].reshape(1, gt, gf, embed_dim).transpose(1, 2).reshape(1, gf * gt, embed_dim)
     weights["pos_embed"] = torch.cat([table[:, :1], patches], dim=1)
     rest = {k: v for k, v in contents.items() if k != "model"}
-    return Checkpoint(path, FAMILY, config, config.token_grid(), weights, None, rest)
+    return Checkpoint(path, FAMILY, config, config.token_grid(), FRONTEND, weights, None, rest)
 
 
 FAMILY = Family(
     name="audiomae", title="Audio-MAE", looks_like=looks_like, read=read, encoder=VisionTransformer,
-    frontend=lambda: KaldiFbank(KaldiFbankConfig(window_type="hanning", subtract_clip_mean=True)),
     default_norm_stats=AUDIOSET_NORM_STATS, norm_scale=2.0, pad_raw=0.0, pad_last_unit=True, freq_pool="mean")
 
 load_model = bind("audiomae")

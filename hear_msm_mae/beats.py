@@ -25,8 +25,9 @@ import torch
 from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F401  (the HEAR API)
 from .beats_encoder import BEATsConfig, BEATsEncoder
 from .family import Checkpoint, Family, TokenGrid
-from .frontend import KaldiFbank, KaldiFbankConfig
+from .frontend import KaldiFbankConfig
 
+FRONTEND = KaldiFbankConfig(window_type="povey", input_scale=2.0 ** 15)
 NORM_STATS = (15.41663, 6.55582)
 DEFAULT_UNIT_FRAMES = 1008
 
@@ -80,12 +81,11 @@ def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None
     grid = TokenGrid(unit_frames=unit_frames, patch_frames=patch, column_stride=patch,
                      freq_patches=config.freq_patches, num_prefix_tokens=0, embed_dim=config.encoder_embed_dim)
     rest = {k: v for k, v in contents.items() if k not in ("cfg", "model")}
-    return Checkpoint(path, FAMILY, config, grid, weights, None, rest)
+    return Checkpoint(path, FAMILY, config, grid, FRONTEND, weights, None, rest)
 
 
 FAMILY = Family(
     name="beats", title="BEATs", looks_like=looks_like, read=read, encoder=BEATsEncoder,
-    frontend=lambda: KaldiFbank(KaldiFbankConfig(window_type="povey", input_scale=2.0 ** 15)),
     default_norm_stats=NORM_STATS, norm_scale=2.0, pad_raw=0.0, freq_pool="mean")
 
 load_model = bind("beats")

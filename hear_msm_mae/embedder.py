@@ -35,7 +35,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .family import Checkpoint, Family, TokenGrid
+from .family import Checkpoint, Family
+from .frontend import build_frontend
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -119,7 +120,7 @@ class Embedder(nn.Module):
         family: Family = checkpoint.family
         self.family, self.grid, self.options = family, checkpoint.grid, options
         grid = self.grid
-        self.frontend = family.frontend()
+        self.frontend = build_frontend(checkpoint.frontend)
         self.encoder = encoder
         self.sample_rate = self.frontend.sample_rate
         self.frame_ms = self.frontend.hop_length * 1000 / self.sample_rate

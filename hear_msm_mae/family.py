@@ -64,6 +64,7 @@ class Checkpoint:
     family: "Family"
     config: Any  # the encoder's configuration (ViTConfig, MAEConfig for MSM-MAE, BEATsConfig)
     grid: TokenGrid  # how the encoder's tokens tile the features
+    frontend: Any  # the front end's configuration (frontend.LogMelConfig or KaldiFbankConfig)
     state_dict: Dict[str, torch.Tensor]  # the encoder's weights, in this package's names
     norm_stats: Optional[Tuple[float, float]] = None  # (mean, std) stored in the file, if any
     contents: Dict[str, Any] = field(default_factory=dict)  # the rest of the file (epoch, args, ...)
@@ -84,7 +85,6 @@ class Family:
     looks_like: Callable[[Dict[str, Any]], bool]  # does this file's content belong to the family?
     read: Callable[..., Checkpoint]  # (path, contents, unit_frames=None) -> Checkpoint
     encoder: Callable[[Any], nn.Module]  # Checkpoint.config -> the encoder module (weights come later)
-    frontend: Callable[[], nn.Module]  # a new front end: waveform -> (B, bins, frames) raw features
     default_norm_stats: Tuple[float, float]  # (mean, std) when the file stores none
     norm_scale: float = 1.0  # features are (raw - mean) / (norm_scale * std)
     pad_raw: Optional[float] = None  # raw feature value of padding frames; None: the mean (0 normalised)

@@ -3,6 +3,7 @@
 `LogMelSpectrogram` (MSM-MAE, M2D): 16 kHz, 25 ms periodic Hann window (n_fft 400), 10 ms hop, 80 slaney
 mel bins over 50-8000 Hz with slaney area normalisation, power 2, centred frames with reflect padding,
 then log(x + eps). Frame i is centred on sample i * 160, so a clip of S samples gives S // 160 + 1 frames.
+M2D's 32 kHz releases use the same at 32 kHz: n_fft 800, hop 320, 50-16000 Hz (`LogMelConfig.m2d_32k`).
 
 `KaldiFbank` (Audio-MAE, AST, BEATs): `torchaudio.compliance.kaldi.fbank` with the options those models
 use, batched and chunked over time. Frame i covers samples [i * hop, i * hop + win) (snip_edges), so a
@@ -18,23 +19,13 @@ Both expose the `FrontEnd` attributes, so callers never need this module's const
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Union
 
 import torch
 import torchaudio
 from torch import nn
 
-SAMPLE_RATE = 16000
-N_FFT = 400
-HOP_LENGTH = 160
-N_MELS = 80
-F_MIN, F_MAX = 50.0, 8000.0
 LOG_EPS = torch.finfo(torch.float32).eps
-MIN_SAMPLES = N_FFT // 2 + 1  # reflect padding needs more samples than it pads
-
-
-def num_frames(num_samples: int) -> int:
-    return num_samples // HOP_LENGTH + 1
 
 
 class FrontEnd(Protocol):
@@ -61,40 +52,54 @@ def _check_audio(audio: torch.Tensor, min_samples: int, sample_rate: int) -> Non
                          f"{min_samples} samples ({min_samples / sample_rate * 1000:.1f} ms at {sample_rate} Hz)")
 
 
+@dataclass(frozen=True)
+class LogMelConfig:
+    sample_rate: int = 16000
+    n_fft: int = 400  # = the window length
+    hop_length: int = 160
+    n_mels: int = 80
+    f_min: float = 50.0
+    f_max: float = 8000.0
+
+    @classmethod
+    def m2d_32k(cls) -> "LogMelConfig":
+        return cls(sample_rate=32000, n_fft=800, hop_length=320, f_max=16000.0)
+
+
 class LogMelSpectrogram(nn.Module):
-    """(B, S) float waveform at 16 kHz -> (B, 80, S // 160 + 1) log-mel.
+    """(B, S) float waveform -> (B, n_mels, S // hop + 1) log-mel (16 kHz: 80 bins every 10 ms).
 
     The STFT runs over chunks of `chunk_frames` frames, so memory stays bounded for long clips;
     the result equals one STFT over the whole clip.
     """
 
-    sample_rate = SAMPLE_RATE
-    hop_length = HOP_LENGTH
-    n_bins = N_MELS
-    min_samples = MIN_SAMPLES
     frame_offset_ms = 0.0  # centred frames
 
-    def __init__(self, chunk_frames: int = 6000):
+    def __init__(self, config: LogMelConfig = LogMelConfig(), chunk_frames: int = 6000):
         super().__init__()
-        self.chunk_frames = chunk_frames
-        self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
-        fbank = torchaudio.functional.melscale_fbanks(
-            N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, SAMPLE_RATE, norm="slaney", mel_scale="slaney")
-        self.register_buffer("mel_fbank", fbank.T.contiguous(), persistent=False)  # (80, 201)
+        self.config, self.chunk_frames = config, chunk_frames
+        self.sample_rate, self.hop_length, self.n_bins = config.sample_rate, config.hop_length, config.n_mels
+        self.min_samples = config.n_fft // 2 + 1  # reflect padding needs more samples than it pads
+        self.register_buffer("window", torch.hann_window(config.n_fft, periodic=True), persistent=False)
+        fbank = torchaudio.functional.melscale_fbanks(config.n_fft // 2 + 1, config.f_min, config.f_max,
+                                                      config.n_mels, config.sample_rate, norm="slaney",
+                                                      mel_scale="slaney")
+        self.register_buffer("mel_fbank", fbank.T.contiguous(), persistent=False)  # (n_mels, n_fft / 2 + 1)
 
     def num_frames(self, num_samples: int) -> int:
-        return num_frames(num_samples)
+        return num_samples // self.hop_length + 1
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        _check_audio(audio, MIN_SAMPLES, SAMPLE_RATE)
-        padded = nn.functional.pad(audio.float().unsqueeze(1), (N_FFT // 2, N_FFT // 2), mode="reflect").squeeze(1)
-        total = num_frames(audio.shape[-1])
-        out = audio.new_empty(audio.shape[0], N_MELS, total, dtype=torch.float32)
+        _check_audio(audio, self.min_samples, self.sample_rate)
+        n_fft, hop = self.config.n_fft, self.hop_length
+        padded = nn.functional.pad(audio.float().unsqueeze(1), (n_fft // 2, n_fft // 2), mode="reflect").squeeze(1)
+        total = self.num_frames(audio.shape[-1])
+        out = audio.new_empty(audio.shape[0], self.n_bins, total, dtype=torch.float32)
         for start in range(0, total, self.chunk_frames):
             stop = min(start + self.chunk_frames, total)
-            segment = padded[:, start * HOP_LENGTH:(stop - 1) * HOP_LENGTH + N_FFT]
-            spec = torch.stft(segment, N_FFT, HOP_LENGTH, window=self.window, center=False, return_complex=True)
-            power = spec.real ** 2 + spec.imag ** 2  # (B, 201, frames)
+            segment = padded[:, start * hop:(stop - 1) * hop + n_fft]
+            spec = torch.stft(segment, n_fft, hop, window=self.window, center=False, return_complex=True)
+            power = spec.real ** 2 + spec.imag ** 2  # (B, n_fft / 2 + 1, frames)
             out[:, :, start:stop] = torch.log(torch.matmul(self.mel_fbank, power) + LOG_EPS)
         return out
 
@@ -178,3 +183,8 @@ class KaldiFbank(nn.Module):
             log_mel = torch.matmul(power, mel_banks).clamp_min(LOG_EPS).log()  # (B, n, bins)
             out[:, :, start:stop] = log_mel.transpose(1, 2)
         return out
+
+
+def build_frontend(config: Union[LogMelConfig, KaldiFbankConfig]) -> nn.Module:
+    """The front end a configuration names."""
+    return LogMelSpectrogram(config) if isinstance(config, LogMelConfig) else KaldiFbank(config)

@@ -10,7 +10,8 @@ state dict); EVAR fine-tuned files (keys under module.ar.runtime.backbone., task
 Encoder: the shared ViT with a fused qkv bias and [CLS], 16x16 (or 16x4, 80x2) patches of the same
 80-bin log-mel as MSM-MAE. Normalisation: the `norm_stats` (mean, std) stored in the weights, else
 (-7.1, 4.2) as M2D's runtime does for its 2022 files. The configuration comes from the args, else
-the shapes (heads = width / 64); the folder name only tells the sample rate.
+the shapes (heads = width / 64); the folder name only tells the sample rate (16 kHz, or 32 kHz for
+`p32k` releases: the same log-mel at 32 kHz, n_fft 800, hop 320, 50-16000 Hz, as M2D's runtime).
 "Reference" mode reproduces the portable runtime (examples/portable_m2d.py): fixed statistics, the
 last unit cut to whole patches, timestamps i * duration / n.
 """
@@ -22,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F401  (the HEAR API)
 from .family import Checkpoint, Family, ReferenceRecipe, model_weights, strip_prefix
-from .frontend import LogMelSpectrogram
+from .frontend import LogMelConfig
 from .vit import ViTConfig, VisionTransformer
 
 DEFAULT_NORM_STATS = (-7.1, 4.2)
@@ -47,14 +48,18 @@ def looks_like(contents: Dict[str, Any]) -> bool:
     return "blocks.0.attn.qkv.bias" in weights and "cls_token" in weights and "dist_token" not in weights
 
 
-def _sample_rate(path: Path) -> int:
+def frontend_config(path: Path) -> LogMelConfig:
     """M2D names its 32 kHz variants in the folder (`...-80x608p16x16p32k-...`); 16 kHz otherwise."""
     parts = path.parent.name.split("-")
     match = SAMPLE_RATE_TAG.match(parts[1]) if len(parts) > 1 else None
-    return int(match.group(1)) * 1000 if match else 16000
+    if match is None or match.group(1) == "16":
+        return LogMelConfig()
+    if match.group(1) == "32":
+        return LogMelConfig.m2d_32k()
+    raise ValueError(f"{path}: M2D releases are at 16 or 32 kHz, the folder name says {match.group(1)} kHz")
 
 
-def infer_config(path: Path, weights: Dict[str, Any], args) -> ViTConfig:
+def infer_config(path: Path, weights: Dict[str, Any], args, n_mels: int) -> ViTConfig:
     for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight"):
         if key not in weights:
             raise ValueError(f"{path}: not an M2D encoder: no {key!r} (keys start with {sorted(weights)[:5]})")
@@ -62,10 +67,10 @@ def infer_config(path: Path, weights: Dict[str, Any], args) -> ViTConfig:
     num_patches = weights["pos_embed"].shape[1] - 1
     input_size = getattr(args, "input_size", None)
     if input_size is None:  # 80 mel bins; the time width follows from the number of patches
-        gf = LogMelSpectrogram.n_bins // pf
+        gf = n_mels // pf
         if num_patches % gf:
             raise ValueError(f"{path}: {num_patches} patches do not fit {gf} frequency patches of {pf} bins")
-        input_size = (LogMelSpectrogram.n_bins, num_patches // gf * pt)
+        input_size = (n_mels, num_patches // gf * pt)
     depth = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
     try:
         config = ViTConfig(input_size=input_size, patch_size=(pf, pt), embed_dim=embed_dim, depth=depth,
@@ -80,24 +85,21 @@ def infer_config(path: Path, weights: Dict[str, Any], args) -> ViTConfig:
 
 
 def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None) -> Checkpoint:
-    sample_rate = _sample_rate(path)
-    if sample_rate != LogMelSpectrogram.sample_rate:
-        raise ValueError(f"{path}: a {sample_rate // 1000} kHz M2D variant (folder name); this package runs the "
-                         f"{LogMelSpectrogram.sample_rate // 1000} kHz front end only")
+    frontend = frontend_config(path)
     weights = {k: v for k, v in _weights(contents).items() if not DROPPED.match(k)}
     stats = weights.pop("norm_stats", None)
     norm_stats: Optional[Tuple[float, float]] = (float(stats[0]), float(stats[1])) if stats is not None else None
-    config = infer_config(path, weights, contents.get("args"))
+    config = infer_config(path, weights, contents.get("args"), frontend.n_mels)
     if unit_frames is not None and unit_frames != config.input_size[1]:
         raise ValueError(f"unit_frames is fixed at {config.input_size[1]} by this M2D checkpoint's position "
                          f"table, got {unit_frames}")
     rest = {k: v for k, v in contents.items() if k != "model"} if isinstance(contents.get("model"), dict) else {}
-    return Checkpoint(path, FAMILY, config, config.token_grid(), weights, norm_stats, rest)
+    return Checkpoint(path, FAMILY, config, config.token_grid(), frontend, weights, norm_stats, rest)
 
 
 FAMILY = Family(
     name="m2d", title="M2D", looks_like=looks_like, read=read, encoder=VisionTransformer,
-    frontend=LogMelSpectrogram, default_norm_stats=DEFAULT_NORM_STATS,
+    default_norm_stats=DEFAULT_NORM_STATS,
     reference=ReferenceRecipe(batch_norm_stats=False, pad_last_unit=False))
 
 load_model = bind("m2d")

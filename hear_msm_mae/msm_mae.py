@@ -22,10 +22,11 @@ from typing import Any, Dict, Optional, Tuple
 
 from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F401  (the HEAR API)
 from .family import Checkpoint, Family, ReferenceRecipe, model_weights, strip_prefix
-from .frontend import LogMelSpectrogram
+from .frontend import LogMelConfig
 from .model import MAEConfig
 from .vit import VisionTransformer
 
+FRONTEND = LogMelConfig()  # 16 kHz, 80 mel bins
 DEFAULT_CHECKPOINT_NAME = "msm_mae_default.pth"  # in the package hear_msm_mae.checkpoints
 AUDIOSET_NORM_STATS = (-7.1, 4.2)  # log-mel statistics of AudioSet for this front end (as in M2D's runtime)
 FOLDER_NAME = re.compile(r"(\d+)x(\d+)p(\d+)x(\d+)")
@@ -83,10 +84,10 @@ def infer_config(path: Path, state_dict: Dict[str, Any], contents: Dict[str, Any
     args = contents.get("args")
     input_size = _stored_input_size(path, args)
     if input_size is None:  # 80 mel bins; the time width follows from the number of patches
-        gf = LogMelSpectrogram.n_bins // pf
+        gf = FRONTEND.n_mels // pf
         if num_patches % gf:
             raise ValueError(f"{path}: {num_patches} patches do not fit {gf} frequency patches of {pf} bins")
-        input_size = (LogMelSpectrogram.n_bins, num_patches // gf * pt)
+        input_size = (FRONTEND.n_mels, num_patches // gf * pt)
     kwargs = dict(input_size=input_size, patch_size=(pf, pt), embed_dim=embed_dim,
                   depth=_count_blocks(state_dict, "blocks"), num_heads=embed_dim // 64,
                   mlp_ratio=state_dict["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
@@ -123,7 +124,7 @@ def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None
         raise ValueError(f"unit_frames is fixed at {config.input_size[1]} by this MSM-MAE checkpoint's "
                          f"position table, got {unit_frames}")
     rest = {k: v for k, v in contents.items() if k != "model"} if isinstance(contents.get("model"), dict) else {}
-    return Checkpoint(path, FAMILY, config, config.encoder_config().token_grid(),
+    return Checkpoint(path, FAMILY, config, config.encoder_config().token_grid(), FRONTEND,
                       {k: v for k, v in weights.items() if not _is_decoder_key(k)}, stored_norm_stats(contents),
                       rest, {k: v for k, v in weights.items() if _is_decoder_key(k)})
 
@@ -131,7 +132,7 @@ def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None
 FAMILY = Family(
     name="msm_mae", title="MSM-MAE", looks_like=looks_like, read=read,
     encoder=lambda config: VisionTransformer(config.encoder_config()),
-    frontend=LogMelSpectrogram, default_norm_stats=AUDIOSET_NORM_STATS,
+    default_norm_stats=AUDIOSET_NORM_STATS,
     reference=ReferenceRecipe(batch_norm_stats=True, pad_last_unit=True))
 
 load_model = bind("msm_mae", default_checkpoint)

@@ -80,7 +80,7 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
 def run_visualize(args: argparse.Namespace) -> None:
     from .audio import load_audio
     from .checkpoint import build_model, load_checkpoint
-    from .frontend import HOP_LENGTH, SAMPLE_RATE, LogMelSpectrogram
+    from .frontend import build_frontend
     from .pretrain.data import crop_unit
 
     if not 0 < args.mask_ratio < 1:
@@ -89,14 +89,14 @@ def run_visualize(args: argparse.Namespace) -> None:
         checkpoint = load_checkpoint(args.checkpoint)
         model = build_model(checkpoint, decoder=True).eval()
         mean, std = checkpoint.norm_stats or checkpoint.family.default_norm_stats
-        frontend = LogMelSpectrogram()
-        start = round(args.start * SAMPLE_RATE / HOP_LENGTH)
+        frontend = build_frontend(checkpoint.frontend)
+        start = round(args.start * frontend.sample_rate / frontend.hop_length)
         frames = checkpoint.config.input_size[1]
         units = []
         for clip in args.clips:
-            lms = frontend(load_audio(clip).unsqueeze(0))[0].numpy()  # (80, T)
+            lms = frontend(load_audio(clip, frontend.sample_rate).unsqueeze(0))[0].numpy()  # (80, T)
             if start >= lms.shape[1]:
-                length_s = lms.shape[1] * HOP_LENGTH / SAMPLE_RATE
+                length_s = lms.shape[1] * frontend.hop_length / frontend.sample_rate
                 raise ValueError(f"{clip}: --start {args.start} s is past its end ({length_s:.2f} s)")
             units.append(crop_unit(lms, start, frames, mean, std))
     except (ValueError, FileNotFoundError) as e:

@@ -290,7 +290,7 @@ def recordings(rng: np.random.Generator, pieces: List[Tuple[Path, int]]) -> List
     out, loaded = [], {}
     for path, start in pieces:
         if path not in loaded:
-            loaded = {path: load_audio(path).numpy()}
+            loaded = {path: load_audio(path, SAMPLE_RATE).numpy()}
         audio = loaded[path][start:start + CLIP_SAMPLES]
         out.append(audio if len(audio) < CLIP_SAMPLES else fit(audio))
     return out

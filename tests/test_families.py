@@ -256,3 +256,42 @@ def test_a_file_of_another_family_is_refused_by_name(name):
     other = "beats" if family != "beats" else "ast"
     with pytest.raises(ValueError, match=rf"looks like an? {load_checkpoint(golden_path(relative)).family.title}"):
         load_checkpoint(golden_path(relative), other)
+
+
+def test_m2d_32k_releases_get_the_32k_front_end(tmp_path):
+    """M2D names its 32 kHz releases in the folder (p32k): same encoder, log-mel at 32 kHz (100 frames/s)."""
+    import shutil
+
+    from hear_msm_mae.frontend import LogMelConfig
+
+    source = golden_path(FAMILY_CHECKPOINTS["m2d_enconly"][1])
+    folder = tmp_path / "m2d_vit_tiny-80x208p16x16p32k-golden_enconly"
+    folder.mkdir()
+    shutil.copy(source, folder / source.name)
+    m32, m16 = load_model(folder / source.name, "cpu", dtype="float32"), model("m2d_enconly")
+    assert m32.sample_rate == 32000 and m32.frontend.config == LogMelConfig.m2d_32k()
+    audio16 = golden_audio("a_3x4s")
+    audio32 = torch.from_numpy(np.repeat(audio16.numpy(), 2, axis=1))  # the same sound at twice the rate
+    frames32, stamps32 = get_timestamp_embeddings(audio32, m32)
+    frames16, stamps16 = get_timestamp_embeddings(audio16, m16)
+    assert torch.equal(stamps32, stamps16) and frames32.shape == frames16.shape
+    assert float(torch.nn.functional.cosine_similarity(frames32, frames16, dim=-1).mean()) > 0.9
+    with pytest.raises(ValueError, match="16 or 32 kHz"):
+        folder48 = tmp_path / "m2d_vit_tiny-80x208p16x16p48k-golden"
+        folder48.mkdir()
+        shutil.copy(source, folder48 / source.name)
+        load_checkpoint(folder48 / source.name)
+
+
+def test_msm_mae_official_args_norm_stats_are_used(tmp_path):
+    """An official MSM-MAE file whose args hold norm_stats = [mean, std] is normalised with them."""
+    import argparse
+
+    path = golden_path(FAMILY_CHECKPOINTS["msm_mae"][1])
+    contents = torch.load(path, weights_only=False)
+    contents["args"] = argparse.Namespace(**{**vars(contents["args"]), "norm_stats": [-5.5, 3.25]})
+    folder = tmp_path / path.parent.name
+    folder.mkdir()
+    torch.save(contents, folder / path.name)
+    assert load_model(folder / path.name, "cpu").norm_stats == (-5.5, 3.25)
+    assert load_model(path, "cpu").norm_stats == (-7.1, 4.2)  # none stored: AudioSet's

@@ -7,22 +7,25 @@ import torch
 import torchaudio
 
 from conftest import GOLDEN, GOLDEN_CASES
-from hear_msm_mae.frontend import LOG_EPS, KaldiFbank, KaldiFbankConfig, LogMelSpectrogram, num_frames
+from hear_msm_mae.frontend import LOG_EPS, KaldiFbank, KaldiFbankConfig, LogMelConfig, LogMelSpectrogram
 
 AUDIO_MAE_AST = KaldiFbankConfig(window_type="hanning", subtract_clip_mean=True)
 BEATS = KaldiFbankConfig(window_type="povey", input_scale=2.0 ** 15)
 CONFIGS = [AUDIO_MAE_AST, KaldiFbankConfig(window_type="hanning"), BEATS]
 
 
-def test_chunked_equals_torchaudio_in_one_piece():
-    audio = torch.randn(2, 2 * 16000 + 123, generator=torch.Generator().manual_seed(0)) * 0.1
+@pytest.mark.parametrize("config", [LogMelConfig(), LogMelConfig.m2d_32k()], ids=["16k", "m2d_32k"])
+def test_chunked_equals_torchaudio_in_one_piece(config):
+    audio = torch.randn(2, 2 * config.sample_rate + 123, generator=torch.Generator().manual_seed(0)) * 0.1
     reference = torchaudio.transforms.MelSpectrogram(
-        sample_rate=16000, n_fft=400, win_length=400, hop_length=160, n_mels=80, f_min=50, f_max=8000,
-        power=2.0, norm="slaney", mel_scale="slaney")(audio)
+        sample_rate=config.sample_rate, n_fft=config.n_fft, win_length=config.n_fft, hop_length=config.hop_length,
+        n_mels=80, f_min=50, f_max=config.sample_rate / 2, power=2.0, norm="slaney", mel_scale="slaney")(audio)
     reference = torch.log(reference + LOG_EPS)
     for chunk_frames in (7, 64, 100_000):
-        lms = LogMelSpectrogram(chunk_frames=chunk_frames)(audio)
-        assert lms.shape == (2, 80, num_frames(audio.shape[1]))
+        frontend = LogMelSpectrogram(config, chunk_frames=chunk_frames)
+        lms = frontend(audio)
+        assert lms.shape == (2, 80, audio.shape[1] // config.hop_length + 1) == (2, 80, frontend.num_frames(audio.shape[1]))
+        assert frontend.hop_length * 1000 / frontend.sample_rate == 10.0  # 100 frames a second at either rate
         torch.testing.assert_close(lms, reference, rtol=0, atol=1e-4)
 
 

@@ -62,7 +62,8 @@ def convert(job: Tuple[Path, Path]) -> Tuple[Path, Path, Optional[str]]:
 
     source, target = job
     try:
-        lms = LogMelSpectrogram()(load_audio(source).unsqueeze(0))[0]  # (80, T)
+        frontend = LogMelSpectrogram()
+        lms = frontend(load_audio(source, frontend.sample_rate).unsqueeze(0))[0]  # (80, T)
     except (ValueError, FileNotFoundError) as e:
         return source, target, str(e)
     with atomic_write(target) as f:
