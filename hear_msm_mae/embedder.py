@@ -35,7 +35,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .family import Checkpoint, Family
+from .family import Checkpoint, Family, resolve_layers
 from .frontend import build_frontend
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -138,8 +138,8 @@ class Embedder(nn.Module):
         self.pad_value = 0.0 if family.pad_raw is None or self.batch_stats else \
             (family.pad_raw - mean) / (self.norm_scale * std)
 
-        self.layers = list(range(1, encoder.depth + 1)) if options.layers == "all" else \
-            (list(options.layers) if options.layers is not None else [-1])
+        self.layers = resolve_layers(list(range(1, encoder.depth + 1)) if options.layers == "all" else
+                                     options.layers, encoder.depth)
         self.freq_pool = options.freq_pool or family.freq_pool
         if options.scene == "pooled":
             if getattr(encoder, "vit_config", None) is None or encoder.vit_config.pool is None:

@@ -295,3 +295,71 @@ def test_msm_mae_official_args_norm_stats_are_used(tmp_path):
     torch.save(contents, folder / path.name)
     assert load_model(folder / path.name, "cpu").norm_stats == (-5.5, 3.25)
     assert load_model(path, "cpu").norm_stats == (-7.1, 4.2)  # none stored: AudioSet's
+
+
+def test_audiomae_layers_through_the_api():
+    """layers=[0, 1, 2]: the embedded input, block 1, and the final output, each as frame embeddings."""
+    a = arrays("audiomae_tiny")
+    m = model("audiomae", freq_pool="concat", layers=[0, 1, 2], layer_pool="concat")
+    with torch.inference_mode():
+        frames = m.frame_embeddings(m.normalised_features(golden_audio("a_3x4s")[:1]))  # (1, 25, 3 * 8 * 192)
+    hidden = [a["unit.hidden_states"][0], a["unit.hidden_states"][1], a["a_3x4s.tokens"][:1]]
+    for layer, (ours, theirs) in enumerate(zip(frames.chunk(3, dim=-1), hidden)):
+        expected = torch.from_numpy(theirs[:, 1:]).reshape(1, 64, 8 * 192)[:, :frames.shape[1]]
+        assert max_relative_error(ours, expected) < RTOL, layer
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CHECKPOINTS))
+def test_embeddings_do_not_depend_on_the_batch(name):
+    m = model(name)
+    audio = golden_audio("a_3x4s")
+    batch = torch.cat([audio, 10 * audio[:1]])
+    scene = get_scene_embeddings(batch, m)
+    frames, stamps = get_timestamp_embeddings(batch, m)
+    alone_frames, alone_stamps = get_timestamp_embeddings(audio[1:2], m)
+    torch.testing.assert_close(get_scene_embeddings(audio[1:2], m)[0], scene[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone_frames[0], frames[1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(alone_stamps[0], stamps[1])
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CHECKPOINTS))
+def test_bfloat16_is_close_to_float32(name):
+    family, relative = FAMILY_CHECKPOINTS[name]
+    audio = golden_audio("b_2x13s")
+    exact = get_scene_embeddings(audio, model(name))
+    fast = load_model(golden_path(relative), "cpu", family, dtype="bfloat16")
+    assert next(fast.encoder.parameters()).dtype == torch.bfloat16
+    assert float(torch.nn.functional.cosine_similarity(get_scene_embeddings(audio, fast), exact).min()) > 0.999
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CHECKPOINTS))
+def test_bad_audio_is_refused_alike(name):
+    m = model(name)
+    for audio, error, message in [(torch.zeros(1, 100), ValueError, "too short"),
+                                  (torch.zeros(1, 16000, dtype=torch.int16), TypeError, "int16"),
+                                  (torch.zeros(16000), ValueError, "unsqueeze"),
+                                  (torch.full((1, 16000), float("nan")), ValueError, "NaN")]:
+        for embed in (get_scene_embeddings, get_timestamp_embeddings):
+            with pytest.raises(error, match=message):
+                embed(audio, m)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CHECKPOINTS))
+def test_a_truncated_file_is_refused_by_name(name, tmp_path):
+    family, relative = FAMILY_CHECKPOINTS[name]
+    broken = tmp_path / f"truncated-{golden_path(relative).name}"
+    broken.write_bytes(golden_path(relative).read_bytes()[:200_000])
+    with pytest.raises(ValueError, match=f"{broken.name}.*truncated"):
+        load_model(broken, "cpu", family)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(scene="pooled"), "no clip-level output"),
+    (dict(mode="reference"), "no reference HEAR wrapper"),
+    (dict(unit_frames=400), "fixed at 1024"),
+    (dict(layers=[3]), "out of range"),
+    (dict(timestamp_hop_ms=30), "timestamp_hop_ms"),
+])
+def test_options_a_family_cannot_honour_are_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        model("audiomae", **options)
