@@ -9,7 +9,8 @@ a 128-bin Kaldi fbank (front end: frontend.KaldiFbank, 'hanning' window, on wave
 stride 10 in both axes (the release names it: audioset_<fstride>_<tstride>_...; otherwise the only
 stride that tiles the position table), so a column of 12 patches starts every 100 ms. AST's own
 layout is already (mel, time), frequency-major.
-Input length: the checkpoint's (1024 frames for AudioSet), or any `unit_frames`: the position table
+Input length: the checkpoint's (101 columns for AudioSet's 1024 frames: the 1016 frames they span, the
+last 8 are never seen), or any `unit_frames`: the position table
 is then cut from the middle (shorter) or bilinearly interpolated in time (longer), as ASTModel does for
 another input_tdim. Units are padded with zero fbank frames to the full length, as AST's dataloader
 pads clips. Normalisation: (fbank + 4.2677393) / (2 * 4.5689974), AudioSet's (other releases used
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F401  (the HEAR API)
 from .family import Checkpoint, Family, model_weights, strip_prefix
 from .frontend import KaldiFbankConfig
-from .vit import ViTConfig, VisionTransformer
+from .vit import VisionTransformer, config_from_weights
 
 FRONTEND = KaldiFbankConfig(window_type="hanning", subtract_clip_mean=True)
 AUDIOSET_NORM_STATS = (-4.2677393, 4.5689974)
@@ -76,23 +77,21 @@ def resize_pos_embed(table: torch.Tensor, gf: int, gt: int, columns: int) -> tor
 
 def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None) -> Checkpoint:
     weights = {k: v for k, v in _weights(contents).items() if not DROPPED.match(k)}
-    for key in ("patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.mlp.fc1.weight"):
-        if key not in weights:
-            raise ValueError(f"{path}: not an AST model: no {key!r} (keys start with {sorted(weights)[:5]})")
-    embed_dim = weights["patch_embed.proj.weight"].shape[0]
+    if "pos_embed" not in weights:
+        raise ValueError(f"{path}: not an AST model: no 'pos_embed' (keys start with {sorted(weights)[:5]})")
     num_patches = weights["pos_embed"].shape[1] - 2
     stride = _strides(path, num_patches)
     gf = (MEL_BINS - PATCH) // stride + 1
     gt = num_patches // gf
     if unit_frames is not None and unit_frames < PATCH:
         raise ValueError(f"unit_frames must be at least one patch ({PATCH} frames), got {unit_frames}")
-    columns = gt if unit_frames is None else (unit_frames - PATCH) // stride + 1
+    if unit_frames is None:  # the frames the checkpoint's columns span (1016 of AudioSet's 1024: the rest is unused)
+        unit_frames = (gt - 1) * stride + PATCH
+    columns = (unit_frames - PATCH) // stride + 1
     weights["pos_embed"] = resize_pos_embed(weights["pos_embed"], gf, gt, columns)
-    depth = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
-    config = ViTConfig(input_size=(MEL_BINS, (columns - 1) * stride + PATCH), patch_size=(PATCH, PATCH),
-                       patch_stride=(stride, stride), embed_dim=embed_dim, depth=depth, num_heads=embed_dim // 64,
-                       mlp_ratio=weights["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim, qkv_bias="qkv",
-                       num_prefix_tokens=2, pool="prefix")
+    config = config_from_weights(path, weights, n_bins=MEL_BINS, num_prefix=2, input_size=(MEL_BINS, unit_frames),
+                                 patch_stride=(stride, stride),
+                                 qkv_bias="qkv", num_prefix_tokens=2, pool="prefix")
     return Checkpoint(path, FAMILY, config, config.token_grid(), FRONTEND, weights, None)
 
 

@@ -24,11 +24,11 @@ import torch
 from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F401  (the HEAR API)
 from .family import Checkpoint, Family, model_weights, strip_prefix
 from .frontend import KaldiFbankConfig
-from .vit import ViTConfig, VisionTransformer
+from .vit import VisionTransformer, config_from_weights
 
 FRONTEND = KaldiFbankConfig(window_type="hanning", subtract_clip_mean=True)
 AUDIOSET_NORM_STATS = (-4.2677393, 4.5689974)
-MEL_BINS, PATCH = 128, 16
+MEL_BINS = 128
 DROPPED = re.compile(r"^(decoder_|mask_token$|head\.)")
 
 
@@ -52,24 +52,13 @@ def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None
         raise ValueError(f"{path}: trained with overlapping patches (use_custom_patch), which this package "
                          "does not read")
     weights = {k: v for k, v in _weights(contents).items() if not DROPPED.match(k)}
-    for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight"):
-        if key not in weights:
-            raise ValueError(f"{path}: not an Audio-MAE encoder: no {key!r} (keys start with {sorted(weights)[:5]})")
-    embed_dim = weights["patch_embed.proj.weight"].shape[0]
-    gf = MEL_BINS // PATCH
-    gt = (weights["pos_embed"].shape[1] - 1) // gf
-    depth = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
-    config = ViTConfig(input_size=(MEL_BINS, gt * PATCH), patch_size=(PATCH, PATCH), embed_dim=embed_dim, depth=depth,
-                       num_heads=embed_dim // 64, mlp_ratio=weights["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
-                       qkv_bias="qkv", num_prefix_tokens=1, final_norm="norm.weight" in weights,
-                       pool="patches" if "fc_norm.weight" in weights else None)
-    if unit_frames is not None and unit_frames != config.input_size[1]:
-        raise ValueError(f"unit_frames is fixed at {config.input_size[1]} by this Audio-MAE checkpoint's "
-                         f"position table, got {unit_frames}")
+    config = config_from_weights(path, weights, n_bins=MEL_BINS, num_prefix=1, qkv_bias="qkv", num_prefix_tokens=1,
+                                 final_norm="norm.weight" in weights,
+                                 pool="patches" if "fc_norm.weight" in weights else None)
     # (time, mel) -> (mel, time): transpose the projection; time-major rows t * gf + f -> f * gt + t
     weights["patch_embed.proj.weight"] = weights["patch_embed.proj.weight"].transpose(2, 3)
-    table = weights["pos_embed"]
-    patches = table[:, 1:].reshape(1, gt, gf, embed_dim).transpose(1, 2).reshape(1, gf * gt, embed_dim)
+    (gf, gt), table = config.grid_size, weights["pos_embed"]
+    patches = table[:, 1:].reshape(1, gt, gf, -1).transpose(1, 2).reshape(1, gf * gt, -1)
     weights["pos_embed"] = torch.cat([table[:, :1], patches], dim=1)
     rest = {k: v for k, v in contents.items() if k != "model"}
     return Checkpoint(path, FAMILY, config, config.token_grid(), FRONTEND, weights, None, rest)

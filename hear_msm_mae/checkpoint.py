@@ -69,7 +69,11 @@ def load_checkpoint(path, family: Optional[Union[str, Family]] = None, unit_fram
     elif found is not None and found is not family:
         raise ValueError(f"{path}: this looks like a {found.title} checkpoint, not {family.title}; load it with "
                          f"{found.module} (or family={found.name!r})")
-    return family.read(path, contents, unit_frames=unit_frames)
+    checkpoint = family.read(path, contents, unit_frames=unit_frames)
+    if unit_frames is not None and unit_frames != checkpoint.grid.unit_frames:
+        raise ValueError(f"unit_frames is fixed at {checkpoint.grid.unit_frames} by this {family.title} "
+                         f"checkpoint's position table, got {unit_frames}")
+    return checkpoint
 
 
 def _fill(module: nn.Module, state_dict: Dict[str, torch.Tensor], path: Path, config, device, dtype) -> nn.Module:

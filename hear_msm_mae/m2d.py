@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Tuple
 from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F401  (the HEAR API)
 from .family import Checkpoint, Family, ReferenceRecipe, model_weights, strip_prefix
 from .frontend import LogMelConfig
-from .vit import ViTConfig, VisionTransformer
+from .vit import VisionTransformer, config_from_weights
 
 DEFAULT_NORM_STATS = (-7.1, 4.2)
 # weights of pre-training only (target encoder, predictor, CLAP projections) and EVAR's task head
@@ -59,40 +59,14 @@ def frontend_config(path: Path) -> LogMelConfig:
     raise ValueError(f"{path}: M2D releases are at 16 or 32 kHz, the folder name says {match.group(1)} kHz")
 
 
-def infer_config(path: Path, weights: Dict[str, Any], args, n_mels: int) -> ViTConfig:
-    for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight"):
-        if key not in weights:
-            raise ValueError(f"{path}: not an M2D encoder: no {key!r} (keys start with {sorted(weights)[:5]})")
-    embed_dim, _, pf, pt = weights["patch_embed.proj.weight"].shape
-    num_patches = weights["pos_embed"].shape[1] - 1
-    input_size = getattr(args, "input_size", None)
-    if input_size is None:  # 80 mel bins; the time width follows from the number of patches
-        gf = n_mels // pf
-        if num_patches % gf:
-            raise ValueError(f"{path}: {num_patches} patches do not fit {gf} frequency patches of {pf} bins")
-        input_size = (n_mels, num_patches // gf * pt)
-    depth = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
-    try:
-        config = ViTConfig(input_size=input_size, patch_size=(pf, pt), embed_dim=embed_dim, depth=depth,
-                           num_heads=embed_dim // 64, mlp_ratio=weights["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
-                           qkv_bias="qkv", num_prefix_tokens=1)
-    except ValueError as e:
-        raise ValueError(f"{path}: inconsistent model configuration: {e}") from None
-    if config.num_patches != num_patches:
-        raise ValueError(f"{path}: input size {config.input_size} with patches {config.patch_size} makes "
-                         f"{config.num_patches} patches, but pos_embed has {num_patches}")
-    return config
-
-
 def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None) -> Checkpoint:
     frontend = frontend_config(path)
     weights = {k: v for k, v in _weights(contents).items() if not DROPPED.match(k)}
     stats = weights.pop("norm_stats", None)
     norm_stats: Optional[Tuple[float, float]] = (float(stats[0]), float(stats[1])) if stats is not None else None
-    config = infer_config(path, weights, contents.get("args"), frontend.n_mels)
-    if unit_frames is not None and unit_frames != config.input_size[1]:
-        raise ValueError(f"unit_frames is fixed at {config.input_size[1]} by this M2D checkpoint's position "
-                         f"table, got {unit_frames}")
+    config = config_from_weights(path, weights, n_bins=frontend.n_mels, num_prefix=1,
+                                 input_size=getattr(contents.get("args"), "input_size", None), qkv_bias="qkv",
+                                 num_prefix_tokens=1)
     rest = {k: v for k, v in contents.items() if k != "model"} if isinstance(contents.get("model"), dict) else {}
     return Checkpoint(path, FAMILY, config, config.token_grid(), frontend, weights, norm_stats, rest)
 

@@ -24,7 +24,7 @@ from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F
 from .family import Checkpoint, Family, ReferenceRecipe, model_weights, strip_prefix
 from .frontend import LogMelConfig
 from .model import MAEConfig
-from .vit import VisionTransformer
+from .vit import VisionTransformer, config_from_weights
 
 FRONTEND = LogMelConfig()  # 16 kHz, 80 mel bins
 DEFAULT_CHECKPOINT_NAME = "msm_mae_default.pth"  # in the package hear_msm_mae.checkpoints
@@ -55,11 +55,6 @@ def _is_decoder_key(key: str) -> bool:
     return key.startswith("decoder_") or key == "mask_token"
 
 
-def _count_blocks(state_dict: Dict[str, Any], prefix: str) -> int:
-    indices = {int(k.split(".")[1]) for k in state_dict if k.startswith(prefix + ".")}
-    return max(indices) + 1 if indices else 0
-
-
 def _stored_input_size(path: Path, args) -> Optional[Tuple[int, int]]:
     value = getattr(args, "input_size", None)
     if isinstance(value, str):
@@ -75,35 +70,16 @@ def infer_config(path: Path, state_dict: Dict[str, Any], contents: Dict[str, Any
     if isinstance(contents.get("config"), dict):
         known = {f.name for f in fields(MAEConfig)}
         return MAEConfig(**{k: v for k, v in contents["config"].items() if k in known})
-    if "patch_embed.proj.weight" not in state_dict or "pos_embed" not in state_dict:
-        raise ValueError(f"{path}: not an MSM-MAE state dict: it has no 'patch_embed.proj.weight' or "
-                         f"'pos_embed' (keys start with: {sorted(state_dict)[:5]})")
-    embed_dim, _, pf, pt = state_dict["patch_embed.proj.weight"].shape
-    use_cls_token = "cls_token" in state_dict
-    num_patches = state_dict["pos_embed"].shape[1] - int(use_cls_token)
     args = contents.get("args")
-    input_size = _stored_input_size(path, args)
-    if input_size is None:  # 80 mel bins; the time width follows from the number of patches
-        gf = FRONTEND.n_mels // pf
-        if num_patches % gf:
-            raise ValueError(f"{path}: {num_patches} patches do not fit {gf} frequency patches of {pf} bins")
-        input_size = (FRONTEND.n_mels, num_patches // gf * pt)
-    kwargs = dict(input_size=input_size, patch_size=(pf, pt), embed_dim=embed_dim,
-                  depth=_count_blocks(state_dict, "blocks"), num_heads=embed_dim // 64,
-                  mlp_ratio=state_dict["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
-                  use_cls_token=use_cls_token, norm_pix_loss=bool(getattr(args, "norm_pix_loss", False)))
+    use_cls_token = "cls_token" in state_dict
+    decoder = {}
     if "decoder_embed.weight" in state_dict:
         width = state_dict["decoder_embed.weight"].shape[0]
-        kwargs.update(decoder_embed_dim=width, decoder_depth=_count_blocks(state_dict, "decoder_blocks"),
-                      decoder_num_heads=max(width // 64, 1))
-    try:
-        config = MAEConfig(**kwargs)
-    except ValueError as e:
-        raise ValueError(f"{path}: inconsistent model configuration: {e}") from None
-    if config.num_patches != num_patches:
-        raise ValueError(f"{path}: input size {config.input_size} with patches {config.patch_size} makes "
-                         f"{config.num_patches} patches, but pos_embed has {num_patches}")
-    return config
+        decoder = dict(decoder_embed_dim=width, decoder_num_heads=max(width // 64, 1),
+                       decoder_depth=1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("decoder_blocks.")))
+    return config_from_weights(path, state_dict, MAEConfig, n_bins=FRONTEND.n_mels, num_prefix=int(use_cls_token),
+                               input_size=_stored_input_size(path, args), use_cls_token=use_cls_token,
+                               norm_pix_loss=bool(getattr(args, "norm_pix_loss", False)), **decoder)
 
 
 def stored_norm_stats(contents: Dict[str, Any]) -> Optional[Tuple[float, float]]:
@@ -120,9 +96,6 @@ def stored_norm_stats(contents: Dict[str, Any]) -> Optional[Tuple[float, float]]
 def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None) -> Checkpoint:
     weights = _weights(contents)
     config = infer_config(path, weights, contents)
-    if unit_frames is not None and unit_frames != config.input_size[1]:
-        raise ValueError(f"unit_frames is fixed at {config.input_size[1]} by this MSM-MAE checkpoint's "
-                         f"position table, got {unit_frames}")
     rest = {k: v for k, v in contents.items() if k != "model"} if isinstance(contents.get("model"), dict) else {}
     return Checkpoint(path, FAMILY, config, config.encoder_config().token_grid(), FRONTEND,
                       {k: v for k, v in weights.items() if not _is_decoder_key(k)}, stored_norm_stats(contents),

@@ -21,7 +21,7 @@ fine-tuned).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,35 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         return F.scaled_dot_product_attention(q, k, v)
     scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (n, heads, tokens, tokens)
     return torch.matmul(scores.float().softmax(dim=-1).to(v.dtype), v)
+
+
+def config_from_weights(path, weights: Dict[str, torch.Tensor], make: Callable = ViTConfig, *, n_bins: int,
+                        num_prefix: int, input_size: Optional[Tuple[int, int]] = None, **fields):
+    """A ViT configuration read off a state dict in this package's names: patch size, width, depth, MLP ratio
+    and heads (width / 64, as in every released model); the input size, unless given, is `n_bins` bins by
+    the frames that the position table's patches cover (after `num_prefix` prefix rows). `make` (ViTConfig,
+    or MSM-MAE's MAEConfig) also gets `fields`. Errors name `path`."""
+    for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight"):
+        if key not in weights:
+            raise ValueError(f"{path}: no {key!r} among the encoder's weights (they start with {sorted(weights)[:5]})")
+    embed_dim, _, pf, pt = weights["patch_embed.proj.weight"].shape
+    num_patches = weights["pos_embed"].shape[1] - num_prefix
+    if input_size is None:
+        gf = n_bins // pf
+        if num_patches % gf:
+            raise ValueError(f"{path}: {num_patches} patches do not fit {gf} frequency patches of {pf} bins")
+        input_size = (n_bins, num_patches // gf * pt)
+    depth = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
+    try:
+        config = make(input_size=input_size, patch_size=(pf, pt), embed_dim=embed_dim, depth=depth,
+                      num_heads=embed_dim // 64, mlp_ratio=weights["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+                      **fields)
+    except ValueError as e:
+        raise ValueError(f"{path}: inconsistent model configuration: {e}") from None
+    if config.num_patches != num_patches:
+        raise ValueError(f"{path}: input size {config.input_size} with patches {config.patch_size} makes "
+                         f"{config.num_patches} patches, but pos_embed has {num_patches}")
+    return config
 
 
 class Attention(nn.Module):
