@@ -211,6 +211,7 @@ class BEATsEncoder(nn.Module):
     `embed_dim` is the token width (the cfg's encoder_embed_dim).
     """
     num_prefix_tokens = 0
+    pool = None  # no clip-level output
 
     def __init__(self, config: BEATsConfig):
         super().__init__()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -119,7 +119,7 @@ class Embedder(nn.Module):
         super().__init__()
         family: Family = checkpoint.family
         self.family, self.grid, self.options = family, checkpoint.grid, options
-        grid = self.grid
+        grid = checkpoint.grid
         self.frontend = build_frontend(checkpoint.frontend)
         self.encoder = encoder
         self.sample_rate = self.frontend.sample_rate
@@ -141,10 +141,9 @@ class Embedder(nn.Module):
         self.layers = resolve_layers(list(range(1, encoder.depth + 1)) if options.layers == "all" else
                                      options.layers, encoder.depth)
         self.freq_pool = options.freq_pool or family.freq_pool
-        if options.scene == "pooled":
-            if getattr(encoder, "vit_config", None) is None or encoder.vit_config.pool is None:
-                raise ValueError(f"this {family.title} checkpoint has no clip-level output (scene='pooled' needs "
-                                 "a fine-tuned Audio-MAE or an AST); use scene='frames'")
+        if options.scene == "pooled" and encoder.pool is None:
+            raise ValueError(f"this {family.title} checkpoint has no clip-level output (scene='pooled' needs "
+                             "a fine-tuned Audio-MAE or an AST); use scene='frames'")
         per_layer = grid.embed_dim * (grid.freq_patches if self.freq_pool == "concat" else 1)
         self.timestamp_embedding_size = per_layer * (len(self.layers) if options.layer_pool == "concat" else 1)
         self.scene_embedding_size = grid.embed_dim if options.scene == "pooled" else self.timestamp_embedding_size

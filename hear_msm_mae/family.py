@@ -10,7 +10,7 @@ The encoders (vit.VisionTransformer, beats_encoder.BEATsEncoder) share one contr
 `encode(x, layers=None)` maps normalised units x (n, 1, F, W) to one tensor (n, prefix + gf * cols, D)
 per requested layer, patch tokens frequency-major (patch (f, t) at prefix + f * cols + t); layer 0 is
 the embedded input, k the output of block k, `depth` (the default, also -1) the final output; and they
-expose `depth` and `num_prefix_tokens`.
+expose `depth`, `num_prefix_tokens` and `pool`, the name of their clip-level output (`pooled(tokens)`) or None.
 """
 from __future__ import annotations
 

@@ -206,8 +206,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
         self.vit_config = c = config
-        self.num_prefix_tokens = c.num_prefix_tokens
-        self.depth = c.depth
+        self.num_prefix_tokens, self.depth, self.pool = c.num_prefix_tokens, c.depth, c.pool
         self.patch_embed = PatchEmbed(c.patch_size, c.patch_stride, c.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.num_prefix_tokens >= 1 else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.num_prefix_tokens == 2 else None
