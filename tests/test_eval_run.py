@@ -45,3 +45,20 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, tiny_checkpoint):
     assert without_times(results["two"]) == without_times(results["one"])
     units = sorted(p.name for p in (tmp_path / "two" / "results").rglob("*.seed*.json"))
     assert units == sorted(f"{t}.hear.seed{s}.json" for t in ("kfold_scene-v0-full", "scene-v0-full") for s in (42, 43))
+
+
+def test_eval_run_with_another_family(tmp_path):
+    """`python -m eval.run --module hear_msm_mae.audiomae --model pretrained.pth ...`: embeddings and scores."""
+    from conftest import FAMILY_CHECKPOINTS, golden_path
+    from eval import run
+
+    tasks = tmp_path / "tasks"
+    make_task(tasks, "scene-v0-full", files_per_split=6)
+    checkpoint = golden_path(FAMILY_CHECKPOINTS["audiomae"][1])
+    run.main(["--tasks-dir", str(tasks), "--module", "hear_msm_mae.audiomae", "--model", str(checkpoint),
+              "--protocol", "linear", "--out", str(tmp_path / "out")])
+    (result,) = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert result["task"] == "scene-v0-full" and 0 <= result["scores"][result["primary_score"]]["mean"] <= 1
+    (embedded,) = (tmp_path / "out" / "embeddings").iterdir()
+    assert embedded.name == "hear_msm_mae.audiomae"
+    assert json.loads((embedded / "scene-v0-full" / "train.embedding-dimensions.json").read_text())[1] == 192
