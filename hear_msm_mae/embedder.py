@@ -48,8 +48,8 @@ class EmbedderOptions:
     norm_std: Optional[float] = None  # or the family's defaults for checkpoints that store none
     timestamp_hop_ms: Optional[float] = None  # a whole number of frames dividing the column step;
     #                                           None: the family's default (the column step in "reference")
-    dtype: str = "auto"  # encoder weights and compute: "auto" (bfloat16 where the hardware is fast at it),
-    #                      "float32", "bfloat16", "float16"; the front end and the outputs are float32
+    dtype: str = "auto"  # encoder weights and compute: "auto" (fast_dtype: bfloat16 or float16 where the hardware
+    #                      is fast at it), "float32", "bfloat16", "float16"; the front end and outputs are float32
     batch_units: int = 64  # encoder work per call, in full input units
     freq_pool: Optional[str] = None  # a column's frequency patches "concat"-enated or "mean"-ed; None: the family's
     layers: Union[None, str, Sequence[int]] = None  # encoder layers of the embedding: None (the final output),
@@ -99,17 +99,18 @@ def _cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bfloat16 matrix products are much faster than float32 here (AMX / avx512_bf16, sm80+)."""
+def fast_dtype(device: torch.device) -> torch.dtype:
+    """The dtype whose matrix products are fast here: bfloat16 on GPUs sm80+ and on CPUs with AMX or
+    avx512_bf16, float16 on GPUs whose tensor cores have no bfloat16 (sm70, sm75), else float32."""
     if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 8
-    return device.type == "cpu" and _cpu_has_fast_bf16()
+        major = torch.cuda.get_device_capability(device)[0]
+        return torch.bfloat16 if major >= 8 else torch.float16 if major >= 7 else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and _cpu_has_fast_bf16() else torch.float32
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if fast_bf16(device) else torch.float32
-    return DTYPES[name]
+    """A dtype option ("auto" or a name in DTYPES) on `device`."""
+    return fast_dtype(device) if name == "auto" else DTYPES[name]
 
 
 class Embedder(nn.Module):

@@ -72,7 +72,7 @@ class PretrainConfig:
     weight_decay: float = 0.05
     betas: Tuple[float, float] = (0.9, 0.95)
     clip_grad: Optional[float] = None  # max gradient norm; None: no clipping
-    precision: str = "auto"  # auto (bfloat16 where fast), float32, bfloat16, float16
+    precision: str = "auto"  # auto (embedder.fast_dtype: bfloat16 or float16 where fast), float32, bfloat16, float16
     seed: int = 0
     # running
     device: Optional[str] = None  # default: this rank's GPU if there is one, else CPU
