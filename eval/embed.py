@@ -323,6 +323,17 @@ def copy_task_files(task: Task, task_out: Path) -> None:
             f.write((task.path / name).read_bytes())
 
 
+def check_same_task(task: Task, task_out: Path) -> None:
+    """Refuse to resume into (or reuse) embeddings of another version of the task: tasks that record a digest
+    (eval.synthetic) must have the digest the embeddings were made from."""
+    made_from = task_out / "task_metadata.json"
+    if made_from.is_file():
+        old, new = json.loads(made_from.read_text()).get("digest"), task.metadata.get("digest")
+        if old != new:
+            raise TaskError(f"{task_out} holds embeddings of task {task.name} with digest {old}, but {task.path} "
+                            f"now has digest {new}: delete {task_out} (or embed into another folder)")
+
+
 def embed_task(loaded: LoadedModule, task: Task, task_out: Path, batch_size: Optional[int], dist: Dist) -> dict:
     """Embed one task into `task_out` (resuming); returns its profile (rank 0's is written)."""
     start = time.time()
@@ -405,6 +416,7 @@ def embed_tasks(module: str, tasks_dir, embeddings_dir, model_path: Optional[str
             all_tasks = [t for t in all_tasks if t.name in set(tasks)]
         for task in tqdm(all_tasks, desc="tasks", unit="task", disable=dist.rank != 0 or None):
             task_out = model_out / task.name
+            check_same_task(task, task_out)
             if (task_out / DONE_FILE).exists():
                 continue
             profile = embed_task(loaded, task, task_out, batch_size, dist)

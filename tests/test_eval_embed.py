@@ -228,3 +228,16 @@ def test_cli_errors_name_the_problem(tmp_path, tiny_checkpoint):
     with pytest.raises(SystemExit, match="model file not found"):
         embed.main(["hear_msm_mae", "--tasks-dir", str(tmp_path), "--embeddings-dir", str(tmp_path),
                     "--model", str(tmp_path / "missing.pth")])
+
+
+def test_refuses_embeddings_of_another_version_of_a_task(tmp_path, tiny_checkpoint):
+    """A task rebuilt with another digest (eval.synthetic records one) is not scored on its old embeddings."""
+    task = make_task(tmp_path / "tasks", "scene-v0-full", files_per_split=2)
+    metadata = json.loads((task / "task_metadata.json").read_text())
+    (task / "task_metadata.json").write_text(json.dumps({**metadata, "digest": "sha256:" + "1" * 64}))
+    options = {"dtype": "float32"}
+    embed_tasks("hear_msm_mae", tmp_path / "tasks", tmp_path / "emb", str(tiny_checkpoint), options)
+    embed_tasks("hear_msm_mae", tmp_path / "tasks", tmp_path / "emb", str(tiny_checkpoint), options)  # same: reused
+    (task / "task_metadata.json").write_text(json.dumps({**metadata, "digest": "sha256:" + "2" * 64}))
+    with pytest.raises(ValueError, match="digest sha256:1+, but .* now has digest sha256:2+"):
+        embed_tasks("hear_msm_mae", tmp_path / "tasks", tmp_path / "emb", str(tiny_checkpoint), options)
