@@ -7,7 +7,8 @@ drum events; rebuilt under --tasks-dir on every run, about 15 s, the same tasks 
 with the Makefile's packages: the table gives their digests) and fits the same linear probe on
 three feature sets:
 
-  pretrained   scene embeddings of the checkpoint (event task: its timestamp embeddings)
+  pretrained   scene embeddings of the checkpoint (event task: its timestamp embeddings), in float32 as
+               every machine computes them (bfloat16 only where the hardware is fast at it)
   random       the same architecture with random weights (MAE initialisation, seed 0)
   log-mel      mean and standard deviation over time of each of the 80 log-mel bins (event task:
                over the same 160 ms window a timestamp embedding covers)
@@ -122,7 +123,7 @@ def main(argv=None) -> None:
     tasks = sorted((read_task(path) for path in synthetic.generate(args.tasks_dir, tiny=args.tiny, seed=0)),
                    key=lambda task: task.name)
     feature_sets = {
-        "pretrained": lambda event: embedder_features(load_model(checkpoint, device="cpu"), event),
+        "pretrained": lambda event: embedder_features(load_model(checkpoint, device="cpu", dtype="float32"), event),
         "random": lambda event: embedder_features(random_weights_model(checkpoint), event),
         "log-mel": log_mel_features,
     }

@@ -13,7 +13,9 @@ deviation and a 95% interval over seeds (one seed: mean and standard deviation o
 `--dtype bfloat16`) runs its matmuls in bfloat16 on centred inputs: faster where the hardware has fast
 bfloat16, the same model in exact arithmetic, scores within seed noise of float32's.
 The demo builds the small synthetic tasks (eval.synthetic) into DIR/tasks and evaluates the bundled
-checkpoint (or --model) on them with the linear probe unless --protocol says otherwise.
+checkpoint (or --model) on them with the linear probe unless --protocol says otherwise, embedding in
+float32 (model option dtype, unless --model-options says otherwise) so that its numbers do not depend on
+whether the machine has fast bfloat16.
 
 `--hop-comparison` (always on in the demo, for hear_msm_mae): the event tasks are embedded again with
 native timestamp frames, one per patch column (model option timestamp_hop_ms = the patch width, 160 ms
@@ -195,6 +197,9 @@ def run(args, options: dict, dist: Dist) -> None:
         dist.barrier()
         protocols = PROTOCOLS[args.protocol or "linear"]
         compare_hops = True
+        # float32 unless asked otherwise: bfloat16 runs only where the hardware is fast at it, and the demo's
+        # numbers should not depend on the machine
+        options = {"dtype": "float32", **options}
     else:
         if args.tasks_dir is None or not args.tasks_dir.is_dir():
             raise SystemExit(f"error: --tasks-dir must be a folder of HEAR tasks, got {args.tasks_dir}")
