@@ -22,7 +22,7 @@ def load_model(model_file_path: Union[str, Path], device: Optional[Union[str, to
 
     `family`: "msm_mae", "m2d", "audiomae", "ast" or "beats"; None: detected from the file.
     `options`: the fields of EmbedderOptions (mode, norm_mean, norm_std, timestamp_hop_ms, dtype,
-    batch_units, freq_pool, layers, layer_pool, scene, unit_frames).
+    batch_tokens, pad_last_unit, freq_pool, layers, layer_pool, scene, unit_frames).
     """
     embedder_options = EmbedderOptions.from_kwargs(**options)
     checkpoint = load_checkpoint(model_file_path, family, embedder_options.unit_frames)

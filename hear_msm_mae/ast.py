@@ -91,13 +91,13 @@ def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None
     weights["pos_embed"] = resize_pos_embed(weights["pos_embed"], gf, gt, columns)
     config = config_from_weights(path, weights, n_bins=MEL_BINS, num_prefix=2, input_size=(MEL_BINS, unit_frames),
                                  patch_stride=(stride, stride),
-                                 qkv_bias="qkv", num_prefix_tokens=2, pool="prefix")
+                                 qkv_bias="qkv", num_prefix_tokens=2, pool="prefix", pos_embed_cut="middle")
     return Checkpoint(path, FAMILY, config, config.token_grid(), FRONTEND, weights, None)
 
 
 FAMILY = Family(
     name="ast", title="AST", looks_like=looks_like, read=read, encoder=VisionTransformer,
-    default_norm_stats=AUDIOSET_NORM_STATS, norm_scale=2.0, pad_raw=0.0, pad_last_unit=True, freq_pool="mean",
+    default_norm_stats=AUDIOSET_NORM_STATS, norm_scale=2.0, pad_raw=0.0, freq_pool="mean",
     timestamp_hop_ms=50.0)
 
 load_model = bind("ast")

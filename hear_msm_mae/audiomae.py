@@ -66,6 +66,6 @@ def read(path: Path, contents: Dict[str, Any], unit_frames: Optional[int] = None
 
 FAMILY = Family(
     name="audiomae", title="Audio-MAE", looks_like=looks_like, read=read, encoder=VisionTransformer,
-    default_norm_stats=AUDIOSET_NORM_STATS, norm_scale=2.0, pad_raw=0.0, pad_last_unit=True, freq_pool="mean")
+    default_norm_stats=AUDIOSET_NORM_STATS, norm_scale=2.0, pad_raw=0.0, freq_pool="mean")
 
 load_model = bind("audiomae")

@@ -13,8 +13,8 @@ consecutive units continue the same grid.
 Two modes:
   "default"   fixed normalisation statistics, so a clip's embedding does not depend on its
               batch-mates; the last unit is only as wide as the columns it needs (the position
-              table cut to that width), unless the family pads it to the full width, as its
-              reference's fixed input length does (Audio-MAE, AST).
+              table cut to that width), unless the option pad_last_unit pads it to the full width,
+              as Audio-MAE's and AST's dataloaders pad every clip to their fixed input length.
   "reference" the family's original HEAR wrapper (MSM-MAE: the whole batch normalised by its own
               mean and std, the last unit zero-padded to the full width, padded columns dropped;
               M2D: as the default mode), with its timestamps: frame starts i * duration / n, one
@@ -50,7 +50,9 @@ class EmbedderOptions:
     #                                           None: the family's default (the column step in "reference")
     dtype: str = "auto"  # encoder weights and compute: "auto" (fast_dtype: bfloat16 or float16 where the hardware
     #                      is fast at it), "float32", "bfloat16", "float16"; the front end and outputs are float32
-    batch_units: int = 64  # encoder work per call, in full input units
+    batch_tokens: int = 4160  # encoder work per call, in tokens (64 MSM-MAE 80x208 units); at least one unit
+    pad_last_unit: bool = False  # pad the last unit to the full width (with the family's padding frames), as
+    #                              Audio-MAE's and AST's dataloaders pad every clip; False: only the columns it needs
     freq_pool: Optional[str] = None  # a column's frequency patches "concat"-enated or "mean"-ed; None: the family's
     layers: Union[None, str, Sequence[int]] = None  # encoder layers of the embedding: None (the final output),
     #                                                 indices (0 = embedded input, -1 = final) or "all" (1..depth)
@@ -67,8 +69,8 @@ class EmbedderOptions:
             raise ValueError("give both norm_mean and norm_std, or neither")
         if self.norm_std is not None and not self.norm_std > 0:
             raise ValueError(f"norm_std must be positive, got {self.norm_std}")
-        if int(self.batch_units) < 1:
-            raise ValueError(f"batch_units must be at least 1, got {self.batch_units}")
+        if int(self.batch_tokens) < 1:
+            raise ValueError(f"batch_tokens must be at least 1, got {self.batch_tokens}")
         if self.freq_pool not in (None, "concat", "mean"):
             raise ValueError(f"freq_pool must be 'concat' or 'mean', got {self.freq_pool!r}")
         if self.layer_pool not in ("concat", "mean"):
@@ -129,7 +131,7 @@ class Embedder(nn.Module):
         if reference and family.reference is None:
             raise ValueError(f"{family.title} has no reference HEAR wrapper to reproduce; use mode='default'")
         self.batch_stats = reference and family.reference.batch_norm_stats
-        self.pad_last_unit = family.reference.pad_last_unit if reference else family.pad_last_unit
+        self.pad_last_unit = family.reference.pad_last_unit if reference else options.pad_last_unit
         if options.norm_mean is not None:
             self.norm_stats = (float(options.norm_mean), float(options.norm_std))
         else:
@@ -200,6 +202,10 @@ class Embedder(nn.Module):
             return columns[0]
         return torch.cat(columns, dim=-1) if self.options.layer_pool == "concat" else torch.stack(columns).mean(0)
 
+    def unit_tokens(self, columns: int) -> int:
+        """Tokens the encoder sees for a unit of `columns` columns."""
+        return self.grid.num_prefix_tokens + self.grid.freq_patches * columns
+
     def units(self, n_columns: int) -> Iterator[Tuple[int, int, int]]:
         """(first column, columns, width in frames) of each unit covering columns 0 .. n_columns - 1."""
         g = self.grid
@@ -212,15 +218,15 @@ class Embedder(nn.Module):
         """Cut normalised (B, F, T) into units for columns 0 .. n_columns - 1 and batch them for the
         encoder: yield (clips, first column, units (b * k, 1, F, w)), k consecutive units per clip.
 
-        Full units of all clips share encoder calls, at most `batch_units` units per call; the
-        features are padded at the end (pad_value) to the frames the units need."""
+        Full units of all clips share encoder calls, at most `batch_tokens` tokens (at least one unit) per
+        call; the features are padded at the end (pad_value) to the frames the units need."""
         g = self.grid
         n_clips, n_bins, _ = x.shape
         unit_hop = g.unit_columns * g.column_stride  # frames between consecutive unit starts
         units = list(self.units(n_columns))
         end = max(first * g.column_stride + width for first, _, width in units)
         x = nn.functional.pad(x, (0, max(0, end - x.shape[-1])), value=self.pad_value)
-        batch = self.options.batch_units
+        batch = max(1, self.options.batch_tokens // self.unit_tokens(g.unit_columns))  # full units per call
         full = [u for u in units if u[2] == g.unit_frames]
         clips_per_call = min(n_clips, batch)
         for c0 in range(0, n_clips, clips_per_call):
@@ -233,10 +239,10 @@ class Embedder(nn.Module):
                 windows = x[clips, :, start:start + (k - 1) * unit_hop + g.unit_frames].unfold(-1, g.unit_frames,
                                                                                               unit_hop)
                 yield clips, u0 * g.unit_columns, windows.transpose(1, 2).reshape(-1, 1, n_bins, g.unit_frames)
-        for first, _, width in units[len(full):]:  # the short last unit
+        for first, columns, width in units[len(full):]:  # the short last unit
             start = first * g.column_stride
             rest = x[:, :, start:start + width].unsqueeze(1)  # (B, 1, F, w)
-            clips_per_call = max(1, batch * g.unit_frames // width)
+            clips_per_call = max(1, self.options.batch_tokens // self.unit_tokens(columns))
             for c0 in range(0, n_clips, clips_per_call):
                 clips = slice(c0, min(c0 + clips_per_call, n_clips))
                 yield clips, first, rest[clips]

@@ -88,7 +88,6 @@ class Family:
     default_norm_stats: Tuple[float, float]  # (mean, std) when the file stores none
     norm_scale: float = 1.0  # features are (raw - mean) / (norm_scale * std)
     pad_raw: Optional[float] = None  # raw feature value of padding frames; None: the mean (0 normalised)
-    pad_last_unit: bool = False  # pad the last unit to the full width, as the reference's fixed input length
     freq_pool: str = "concat"  # default frame recipe: "concat" or "mean" over a column's frequency patches
     timestamp_hop_ms: float = 40.0  # default timestamp hop
     reference: Optional[ReferenceRecipe] = None  # the family's original HEAR wrapper, if it has one

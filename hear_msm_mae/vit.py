@@ -44,6 +44,7 @@ class ViTConfig:
     num_prefix_tokens: int = 0  # 0, 1 ([CLS]) or 2 ([CLS], distillation)
     final_norm: bool = True
     pool: Optional[str] = None  # clip-level output: None, "prefix" or "patches" (see the module docstring)
+    pos_embed_cut: str = "first"  # a narrower unit's columns of the table: the "first" ones or the "middle" (AST)
     norm_eps: float = 1e-6
 
     def __post_init__(self):
@@ -67,6 +68,8 @@ class ViTConfig:
             raise ValueError(f"num_prefix_tokens must be 0, 1 or 2, got {self.num_prefix_tokens}")
         if self.pool not in (None, "prefix", "patches") or (self.pool == "prefix" and not self.num_prefix_tokens):
             raise ValueError(f"pool must be None, 'patches' or 'prefix' (with prefix tokens), got {self.pool!r}")
+        if self.pos_embed_cut not in ("first", "middle"):
+            raise ValueError(f"pos_embed_cut must be 'first' or 'middle', got {self.pos_embed_cut!r}")
 
     @property
     def grid_size(self) -> Tuple[int, int]:
@@ -217,12 +220,14 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if c.pool == "patches" else None
 
     def patch_pos_embed(self, columns: int) -> torch.Tensor:
-        """(1, gf * columns, D): the patch rows of the position table, cut to the first `columns` columns."""
+        """(1, gf * columns, D): the patch rows of the position table, cut to `columns` columns: the first ones,
+        or the middle ones (AST's rule for a shorter input: columns gt // 2 - columns // 2 onwards)."""
         gf, gt = self.vit_config.grid_size
         if columns > gt:
             raise ValueError(f"a unit of {columns} patch columns is wider than the position table ({gt} columns)")
+        start = gt // 2 - columns // 2 if self.vit_config.pos_embed_cut == "middle" else 0
         table = self.pos_embed[:, self.num_prefix_tokens:]
-        return table.reshape(1, gf, gt, -1)[:, :, :columns].reshape(1, gf * columns, -1)
+        return table.reshape(1, gf, gt, -1)[:, :, start:start + columns].reshape(1, gf * columns, -1)
 
     def embed(self, x: torch.Tensor, ids_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(N, 1, F, W) -> (N, prefix + patches, D): patch embeddings plus positions, prefix tokens first.

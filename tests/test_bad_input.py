@@ -51,7 +51,7 @@ def test_other_float_dtypes_are_converted(model):
     (dict(timestamp_hop_ms=15), ValueError, "timestamp_hop_ms"),
     (dict(norm_mean=-5.0), ValueError, "both"),
     (dict(norm_mean=-5.0, norm_std=0.0), ValueError, "positive"),
-    (dict(batch_units=0), ValueError, "batch_units"),
+    (dict(batch_tokens=0), ValueError, "batch_tokens"),
     (dict(hop=40), TypeError, "unknown model option"),
 ])
 def test_bad_options(tiny_checkpoint_path, options, error, message):

@@ -61,8 +61,8 @@ def test_reference_mode_depends_on_the_batch(tiny_checkpoint):
 def test_bounded_batches_give_the_same_embeddings(tiny_checkpoint, mode):
     audio = clips(3, 9.5)  # 4 full 208-frame units + a short one per clip
     whole = hear_msm_mae.get_scene_embeddings(audio, load(tiny_checkpoint, mode=mode))
-    for batch_units in (1, 2, 5):
-        model = load(tiny_checkpoint, mode=mode, batch_units=batch_units)
+    for units in (1, 2, 5):  # a 208-frame unit is 65 tokens
+        model = load(tiny_checkpoint, mode=mode, batch_tokens=65 * units)
         torch.testing.assert_close(hear_msm_mae.get_scene_embeddings(audio, model), whole, rtol=1e-5, atol=1e-5)
 
 

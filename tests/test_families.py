@@ -126,7 +126,7 @@ def test_audiomae_finetuned_pooled_output_and_logits():
 
 @pytest.mark.parametrize("case", ["a_3x4s", "c_1x1.07s"])  # b (13 s) is two units here, cut to 10.24 s there
 def test_audiomae_finetuned_scene_through_the_api(case):
-    m = model("audiomae_ft", scene="pooled")
+    m = model("audiomae_ft", scene="pooled", pad_last_unit=True)  # the reference pads every clip to 1024 frames
     scene = get_scene_embeddings(golden_audio(case), m)
     assert max_relative_error(scene, arrays("audiomae_tiny_ft")[f"{case}.pooled"]) < RTOL
 
@@ -134,7 +134,7 @@ def test_audiomae_finetuned_scene_through_the_api(case):
 @pytest.mark.parametrize("case", GOLDEN_CASES)
 def test_audiomae_frames_through_the_api(case):
     """Columns of the reference's padded 1024-frame unit, frequency patches concatenated."""
-    a, m = arrays("audiomae_tiny"), model("audiomae", freq_pool="concat")
+    a, m = arrays("audiomae_tiny"), model("audiomae", freq_pool="concat", pad_last_unit=True)
     with torch.inference_mode():
         frames = m.frame_embeddings(m.normalised_features(golden_audio(case)))
     fbank_frames = spec("audiomae_tiny")["config"]["n_fbank_frames"][case][0]
@@ -199,13 +199,22 @@ def test_ast_other_input_lengths_cut_or_interpolate_the_position_table():
 
 @pytest.mark.parametrize("case", GOLDEN_CASES)
 def test_ast_features_and_scene_through_the_api(case):
-    a, m = arrays("ast_tiny"), model("ast", scene="pooled")
+    a, m = arrays("ast_tiny"), model("ast", scene="pooled", pad_last_unit=True)  # padded to 1024 frames, as AST's
     with torch.inference_mode():
         x = m.normalised_features(golden_audio(case))
     x = torch.nn.functional.pad(x, (0, max(0, 1024 - x.shape[-1])), value=m.pad_value)[..., :1024]
     assert float((x - ast_features(a, case)[:, 0]).abs().max()) < FEATURE_ATOL
     if case != "b_2x13s":  # b (13 s) is two units here, cut to 10.24 s there
         assert max_relative_error(get_scene_embeddings(golden_audio(case), m), a[f"{case}.pooled"]) < RTOL
+
+
+def test_ast_short_last_unit_takes_the_middle_of_the_position_table():
+    """Unpadded, a clip of 396 frames (39 columns) is one short unit, its positions the middle 39 columns of
+    the table: AST's own model for input_tdim 400 (whose convolution sees the same 396 frames)."""
+    a = arrays("ast_tiny")
+    audio = golden_audio("a_3x4s")[:, :(396 - 1) * 160 + 400]  # fbank frames are local: the first 396 of a's
+    pooled = get_scene_embeddings(audio, model("ast", scene="pooled"))
+    assert max_relative_error(pooled, a["a_3x4s.pooled_t400"]) < RTOL
 
 
 # -- BEATs --------------------------------------------------------------------------------------------
@@ -300,7 +309,7 @@ def test_msm_mae_official_args_norm_stats_are_used(tmp_path):
 def test_audiomae_layers_through_the_api():
     """layers=[0, 1, 2]: the embedded input, block 1, and the final output, each as frame embeddings."""
     a = arrays("audiomae_tiny")
-    m = model("audiomae", freq_pool="concat", layers=[0, 1, 2], layer_pool="concat")
+    m = model("audiomae", freq_pool="concat", layers=[0, 1, 2], layer_pool="concat", pad_last_unit=True)
     with torch.inference_mode():
         frames = m.frame_embeddings(m.normalised_features(golden_audio("a_3x4s")[:1]))  # (1, 25, 3 * 8 * 192)
     hidden = [a["unit.hidden_states"][0], a["unit.hidden_states"][1], a["a_3x4s.tokens"][:1]]
