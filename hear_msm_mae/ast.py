@@ -12,8 +12,8 @@ layout is already (mel, time), frequency-major.
 Input length: the checkpoint's (101 columns for AudioSet's 1024 frames: the 1016 frames they span, the
 last 8 are never seen), or any `unit_frames`: the position table
 is then cut from the middle (shorter) or bilinearly interpolated in time (longer), as ASTModel does for
-another input_tdim. Units are padded with zero fbank frames to the full length, as AST's dataloader
-pads clips. Normalisation: (fbank + 4.2677393) / (2 * 4.5689974), AudioSet's (other releases used
+another input_tdim; a short last unit takes the middle columns, by the same rule. AST's dataloader pads
+every clip to the full length with zero fbank frames, which the option pad_last_unit reproduces. Normalisation: (fbank + 4.2677393) / (2 * 4.5689974), AudioSet's (other releases used
 their data set's: pass norm_mean / norm_std). Clip-level output (scene="pooled"): (cls + dist) / 2 of
 the final output.
 """

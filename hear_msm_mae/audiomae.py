@@ -9,8 +9,10 @@ Encoder: the shared ViT with a fused qkv bias and [CLS] over 16x16 patches of a 
 Audio-MAE puts time first: its patch projection sees (time, mel) and its tokens are time-major, so
 the projection is transposed and the position table (a fixed sin-cos table, read from the file)
 permuted to this package's (mel, time) layout and frequency-major order; the tokens are the same.
-Normalisation: (fbank + 4.2677393) / (2 * 4.5689974), AudioSet's; units are padded to 1024 frames
-with zero fbank frames, as its dataloader pads clips. A fine-tuned file's clip-level output
+Normalisation: (fbank + 4.2677393) / (2 * 4.5689974), AudioSet's. Units of 1024 frames; its dataloader
+pads every clip to 1024 frames with zero fbank frames, which the option pad_last_unit reproduces (by
+default a short last unit takes the first columns of the table, as the ATST authors' comparison module
+does for clips under 10.24 s). A fine-tuned file's clip-level output
 (scene="pooled") is fc_norm of the mean of the patch tokens.
 """
 from __future__ import annotations
