@@ -1,34 +1,446 @@
-"""Inference speed and memory of the HEAR module, ViT-Base 80x208 with random weights.
+"""Inference speed and memory of every family's HEAR module at ViT-Base size, against this CPU's
+matrix-multiply roofline.
 
-    python benchmarks/inference.py [--threads 2] [--clips 8] [--repeats 2]
+    flock /tmp/heavy.lock python benchmarks/inference.py             # all five families (about 20 min here)
+    python benchmarks/inference.py --families msm_mae --skip-memory   # MSM-MAE only, no fresh processes
+    python benchmarks/inference.py --quick                            # one round, 4-minute memory clips
+    python benchmarks/inference.py --families msm_mae --compile       # add the torch.compile data point
+    PYTHONPATH=../old-tree python benchmarks/inference.py --families msm_mae   # an older version (before/after)
 
-All numbers come from one run, as ratios where the machine's load could matter:
-  1. throughput (seconds of audio per wall second) of scene embeddings for batches of 10-s clips:
-     the reference strategy (float32, eager attention, one encoder call per unit) vs this package
-     (bounded batches of units, scaled_dot_product_attention, a bfloat16 encoder where bf16 is fast);
-  2. default mode: cost per second of audio of 1-s clips relative to 10-s clips;
-  3. peak RSS of one 20-minute clip (scene and timestamp embeddings), each in a fresh process,
-     against a 5-minute clip: memory should be flat in duration;
-  4. cosine similarity of bfloat16 embeddings to float32 ones.
+Weights are random, at ViT-Base size (768 wide, 12 blocks, 12 heads, MLP 3072), written by this script in
+each family's official file layout and read by the family's HEAR module's `load_model` (the real loader):
+  msm_mae   this package's checkpoint of MaskedAutoencoder(MAEConfig()), 80x208 (save_checkpoint)
+  m2d       an `_enconly` file (the bare encoder state dict with norm_stats) in a folder named as the
+            release's: m2d_vit_base-80x608p16x16-221006-mr7_enconly/checkpoint-300.pth
+  audiomae  the pre-trained file {'model', 'epoch', 'args'}: time-major patch projection, its fixed 8 x 64
+            sin-cos table, the 16-block Swin decoder (which the loader drops), args with PosixPaths
+  ast       audioset_10_10_0.4593.pth: DataParallel's `module.v.*` with dist_token and a learned 1214-row
+            table (1024 frames, stride 10), DeiT's two heads and AST's mlp_head
+  beats     BEATs_iter3.pt's {'cfg', 'model'}: the release's cfg, the weight-normed pos_conv (weight_g,
+            weight_v), per-layer q/k/v projections, the relative bias table stored by every layer (tied)
+The MSM-MAE part uses only what the package has had from the start (load_model, get_scene_embeddings,
+get_timestamp_embeddings, save_checkpoint, MaskedAutoencoder, LogMelSpectrogram, resolve_dtype), so
+`--families msm_mae` also runs against older trees.
+
+What is printed (speeds: the best of --repeats rounds; a round measures every strategy and the GEMM peaks
+once, so a change in the machine's load hits them alike):
+  machine         torch, threads, the dtype "auto" gives, the CPU flags that decide it, the load average.
+  others' CPU     the share of all CPUs' time other processes used during the timing rounds: this machine
+                  is shared, and a busy neighbour slows OpenMP code far more than its share.
+  GEMM peaks      GFLOP/s of one matrix product at the encoder's shapes: the tokens of its largest call
+                  (clips x full units x tokens per unit) x 768 -> 2304 (qkv), 768 -> 768 (projection),
+                  768 -> 3072 (fc1), 3072 -> 768 (fc2), for each kernel torch offers: torch.mm, F.linear
+                  and oneDNN's pre-packed linear (torch.ops.mkldnn._linear_pointwise), no bias. A shape's
+                  peak is its best kernel; the encoder's peak is the mix of its four shapes (total FLOPs /
+                  sum of FLOPs_i / peak_i): bf16 for every family, fp32 too at MSM-MAE's shape.
+  GFLOP / audio s counted from the configuration: 2 x multiply-adds of the patch projection (BEATs: also
+                  its projection to 768, its convolutional positions and gates), of every block's qkv,
+                  projection and MLP products and of attention's two products (q k^T, a v), for one full
+                  unit, over the seconds of new audio a unit adds (its hop). Norms, softmax, GELU and adds
+                  are not counted.
+  achieved GFLOP/s  the FLOPs of the units the engine actually encoded in the timed call (each encoder
+                  call counted from the configuration, seen by a hook on the patch projection) / wall time.
+  roofline        achieved / the encoder's peak (bf16; fp32 for the float32 strategies): the share of this
+                  CPU's matrix-multiply speed the whole call (front end and embedding assembly included)
+                  reaches. ceiling: the audio s / wall s at 100%.
+  vs reference    MSM-MAE: throughput over the reference strategy, the original wrapper's loop (float32,
+                  eager attention, one encoder call per unit, per-batch normalisation), 8 clips of 10 s.
+  timestamp / scene  wall time of timestamp embeddings (40 ms hop: 4 shifted copies) / scene embeddings.
+  1-s / 10-s      wall time per second of audio of 1-s clips / of 10-s clips (10 x more 1-s clips: the same
+                  audio; for Audio-MAE and AST, which pad every unit to its full width as their references
+                  do, as many 1-s clips as 10-s ones).
+  cosine          minimum cosine similarity of the default (bf16 here) embeddings to float32 ones, scene
+                  and timestamp frames, 2 clips of 10 s.
+  peak RSS        VmHWM of a fresh process that loads the model and embeds one clip of 20 minutes (MSM-MAE:
+                  also 5 minutes, to show it is flat), scene and timestamp embeddings.
+  profile         one default scene call under torch.profiler: each op's self time, grouped into matmul
+                  (addmm, mm, oneDNN linear), attention (SDPA, bmm, softmax), conv (patch projections,
+                  BEATs' positions), norms, copies (copy_, clone, cat, padding) and other.
+  compile         (--compile) torch.compile (inductor) of the loaded encoder's `encode`, one static graph
+                  per input shape, with and without torch._inductor.config.freezing, on the packed encoder
+                  and on the same encoder unpacked: the first call, graph breaks, and the steady throughput
+                  against the default path. A data point; the package does not compile.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import math
+import os
+import pathlib
+import platform
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Dict, List, Tuple
 from unittest import mock
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-import hear_msm_mae
 from hear_msm_mae.checkpoint import save_checkpoint
+from hear_msm_mae.embedder import resolve_dtype
+from hear_msm_mae.frontend import LogMelSpectrogram
 from hear_msm_mae.model import MAEConfig, MaskedAutoencoder
 
 SR = 16000
+FRAMES_PER_SECOND = 100  # every front end here: 10 ms hop
+DIM, DEPTH, HEADS, HIDDEN = 768, 12, 12, 3072  # ViT-Base
+
+
+# -- FLOPs from the configuration -------------------------------------------------------------------
+
+def transformer_flops(tokens: int) -> int:
+    """2 x multiply-adds of DEPTH blocks over `tokens` tokens: qkv, projection, MLP, q k^T and a v."""
+    linear = 2 * tokens * (3 * DIM * DIM + DIM * DIM + 2 * DIM * HIDDEN)
+    attention = 2 * 2 * tokens * tokens * DIM
+    return DEPTH * (linear + attention)
+
+
+@dataclass(frozen=True)
+class Bench:
+    """A family at ViT-Base size, as this benchmark writes and counts it."""
+    name: str  # the family's name (load_model's `family`)
+    module: str  # its HEAR module
+    title: str
+    layout: str  # the file written
+    freq_patches: int  # patches in one column
+    unit_columns: int  # columns in a full unit
+    column_stride: int  # frames between columns
+    prefix_tokens: int  # [CLS], distillation
+    patch_flops: int  # 2 x multiply-adds per patch outside the blocks
+    padded: bool  # every unit is padded to its full width (1-s clips cost a whole unit)
+
+    @property
+    def unit_patches(self) -> int:
+        return self.freq_patches * self.unit_columns
+
+    @property
+    def unit_seconds(self) -> float:
+        """New audio per unit: the hop between consecutive units."""
+        return self.unit_columns * self.column_stride / FRAMES_PER_SECOND
+
+    def unit_flops(self, patches: int) -> int:
+        return patches * self.patch_flops + transformer_flops(patches + self.prefix_tokens)
+
+    def flops_per_audio_second(self) -> float:
+        return self.unit_flops(self.unit_patches) / self.unit_seconds
+
+
+PATCH = 2 * 16 * 16 * DIM  # one 16 x 16 patch projected to 768
+BEATS_PATCH = 2 * (16 * 16 * 512 + 512 * DIM + DIM * (DIM // 16) * 128 + DEPTH * HEADS * 64 * 8)
+BENCHES = {b.name: b for b in [
+    Bench("msm_mae", "hear_msm_mae", "MSM-MAE", "save_checkpoint(MaskedAutoencoder(MAEConfig())), 80x208",
+          5, 13, 16, 0, PATCH, padded=False),
+    Bench("m2d", "hear_msm_mae.m2d", "M2D", "_enconly, 80x608", 5, 38, 16, 1, PATCH, padded=False),
+    Bench("audiomae", "hear_msm_mae.audiomae", "Audio-MAE", "pre-trained {model, args}, 1024x128",
+          8, 64, 16, 1, PATCH, padded=True),
+    Bench("ast", "hear_msm_mae.ast", "AST", "module.v.*, 1024 frames, stride 10", 12, 101, 10, 2, PATCH,
+          padded=True),
+    Bench("beats", "hear_msm_mae.beats", "BEATs", "{cfg, model} iter3, units of 1008 frames", 8, 63, 16, 0,
+          BEATS_PATCH, padded=False),
+]}
+
+
+class EncoderWork:
+    """Records every encoder call of a run: a forward hook on the patch projection (the encoder's first
+    Conv2d) sees its output (units, channels, h, w)."""
+
+    def __init__(self, encoder: nn.Module, bench: Bench):
+        self.conv = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d))
+        self.bench = bench
+        self.calls: List[Tuple[int, int]] = []  # (units, patches per unit)
+
+    def __enter__(self) -> "EncoderWork":
+        self.handle = self.conv.register_forward_hook(
+            lambda module, inputs, out: self.calls.append((out.shape[0], out.shape[2] * out.shape[3])))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+    @property
+    def flops(self) -> int:
+        return sum(n * self.bench.unit_flops(patches) for n, patches in self.calls)
+
+    @property
+    def largest_call_tokens(self) -> int:
+        return max(n * (patches + self.bench.prefix_tokens) for n, patches in self.calls)
+
+
+# -- random ViT-Base weights in each family's official layout -----------------------------------------
+
+def normal(*shape: int) -> torch.Tensor:
+    return 0.02 * torch.randn(*shape)
+
+
+def sincos(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """(M,) -> (M, dim): sines then cosines of the positions at MAE's frequencies, in float64 then float32."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = positions.double()[:, None] * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def timm_vit_weights(prefix: str = "") -> Dict[str, torch.Tensor]:
+    """timm VisionTransformer names: patch_embed.proj, blocks.i.{norm1, attn.qkv, attn.proj, norm2,
+    mlp.fc1, mlp.fc2}, norm (fused qkv bias)."""
+    w = {"patch_embed.proj.weight": normal(DIM, 1, 16, 16), "patch_embed.proj.bias": normal(DIM)}
+    for i in range(DEPTH):
+        b = f"blocks.{i}."
+        w.update({b + "norm1.weight": torch.ones(DIM), b + "norm1.bias": normal(DIM),
+                  b + "attn.qkv.weight": normal(3 * DIM, DIM), b + "attn.qkv.bias": normal(3 * DIM),
+                  b + "attn.proj.weight": normal(DIM, DIM), b + "attn.proj.bias": normal(DIM),
+                  b + "norm2.weight": torch.ones(DIM), b + "norm2.bias": normal(DIM),
+                  b + "mlp.fc1.weight": normal(HIDDEN, DIM), b + "mlp.fc1.bias": normal(HIDDEN),
+                  b + "mlp.fc2.weight": normal(DIM, HIDDEN), b + "mlp.fc2.bias": normal(DIM)})
+    w.update({"norm.weight": torch.ones(DIM), "norm.bias": normal(DIM)})
+    return {prefix + k: v for k, v in w.items()}
+
+
+def write_msm_mae(folder: Path) -> Path:
+    path = folder / "80x208p16x16_random" / "checkpoint-0.pth"
+    save_checkpoint(path, MaskedAutoencoder(MAEConfig()), epoch=0)
+    return path
+
+
+def write_m2d(folder: Path) -> Path:
+    """util/to_encoder_only_weight.py's output: cls_token, pos_embed (fixed 2-D sin-cos, frequency-major,
+    first half time), norm_stats, then the timm ViT."""
+    gf, gt = BENCHES["m2d"].freq_patches, BENCHES["m2d"].unit_columns
+    freq, col = torch.arange(gf).repeat_interleave(gt), torch.arange(gt).repeat(gf)
+    table = torch.cat([sincos(DIM // 2, col), sincos(DIM // 2, freq)], dim=1)
+    weights = {"cls_token": normal(1, 1, DIM), "pos_embed": torch.cat([torch.zeros(1, DIM), table])[None],
+               "norm_stats": torch.tensor([-7.1, 4.2]), **timm_vit_weights()}
+    path = folder / "m2d_vit_base-80x608p16x16-221006-mr7_enconly" / "checkpoint-300.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(weights, path)
+    return path
+
+
+def swin_decoder_weights(width: int = 512, blocks: int = 16, heads: int = 16) -> Dict[str, torch.Tensor]:
+    """Audio-MAE's decoder_mode=1 decoder: Swin v2 "cr" blocks with a continuous position bias MLP."""
+    w = {"mask_token": normal(1, 1, width), "decoder_embed.weight": normal(width, DIM),
+         "decoder_embed.bias": normal(width), "decoder_pos_embed": normal(1, 513, width)}
+    for i in range(blocks):
+        b = f"decoder_blocks.{i}."
+        w.update({b + "attn.tau": torch.ones(heads), b + "attn.qkv.weight": normal(3 * width, width),
+                  b + "attn.qkv.bias": normal(3 * width), b + "attn.proj.weight": normal(width, width),
+                  b + "attn.proj.bias": normal(width), b + "attn.meta_mlp.fc1.weight": normal(384, 2),
+                  b + "attn.meta_mlp.fc1.bias": normal(384), b + "attn.meta_mlp.fc2.weight": normal(heads, 384),
+                  b + "attn.meta_mlp.fc2.bias": normal(heads), b + "norm1.weight": torch.ones(width),
+                  b + "norm1.bias": normal(width), b + "mlp.fc1.weight": normal(4 * width, width),
+                  b + "mlp.fc1.bias": normal(4 * width), b + "mlp.fc2.weight": normal(width, 4 * width),
+                  b + "mlp.fc2.bias": normal(width), b + "norm2.weight": torch.ones(width),
+                  b + "norm2.bias": normal(width)})
+    w.update({"decoder_norm.weight": torch.ones(width), "decoder_norm.bias": normal(width),
+              "decoder_pred.weight": normal(256, width), "decoder_pred.bias": normal(256)})
+    return w
+
+
+def write_audiomae(folder: Path) -> Path:
+    """util/misc.save_model's file of mae_vit_base_patch16(in_chans=1, audio_exp=True, img_size=(1024, 128),
+    decoder_mode=1): time-major tokens; the table is get_2d_sincos_pos_embed_flexible(768, (8, 64)), so
+    row 1 + k (k = 8 t + f) = [S(k % 64), S(k // 64)]."""
+    k = torch.arange(64 * 8)
+    table = torch.cat([sincos(DIM // 2, k % 64), sincos(DIM // 2, k // 64)], dim=1)
+    model = {"cls_token": normal(1, 1, DIM), "pos_embed": torch.cat([torch.zeros(1, DIM), table])[None],
+             **timm_vit_weights(), **swin_decoder_weights()}
+    job = pathlib.PosixPath("/checkpoint/experiments/benchmark")
+    args = argparse.Namespace(
+        model="mae_vit_base_patch16", audio_exp=True, use_custom_patch=False, decoder_mode=1, norm_pix_loss=True,
+        mask_ratio=0.8, batch_size=8, epochs=33, output_dir=job, log_dir=job)
+    path = folder / "audiomae" / "pretrained.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": model, "epoch": 32, "args": args}, path)
+    return path
+
+
+def write_ast(folder: Path) -> Path:
+    """ASTModel(fstride=10, tstride=10, input_tdim=1024, model_size='base384') under DataParallel."""
+    weights = {"cls_token": normal(1, 1, DIM), "dist_token": normal(1, 1, DIM), "pos_embed": normal(1, 1214, DIM),
+               **timm_vit_weights(), "head.weight": normal(1000, DIM), "head.bias": normal(1000),
+               "head_dist.weight": normal(1000, DIM), "head_dist.bias": normal(1000)}
+    weights = {"module.v." + k: v for k, v in weights.items()}
+    weights.update({"module.mlp_head.0.weight": torch.ones(DIM), "module.mlp_head.0.bias": normal(DIM),
+                    "module.mlp_head.1.weight": normal(527, DIM), "module.mlp_head.1.bias": normal(527)})
+    path = folder / "ast" / "audioset_10_10_0.4593.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(weights, path)
+    return path
+
+
+BEATS_ITER3_CFG = {  # checkpoint['cfg'] of BEATs_iter3.pt
+    "encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072, "encoder_attention_heads": 12,
+    "activation_fn": "gelu", "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
+    "encoder_layerdrop": 0.05, "dropout_input": 0.0, "layer_norm_first": False, "conv_bias": False,
+    "conv_pos": 128, "conv_pos_groups": 16, "relative_position_embedding": True, "num_buckets": 320,
+    "max_distance": 800, "gru_rel_pos": True, "deep_norm": True, "input_patch_size": 16,
+    "layer_wise_gradient_decay_ratio": 0.6, "embed_dim": 512, "finetuned_model": False,
+}
+
+
+def write_beats(folder: Path) -> Path:
+    """BEATs.state_dict(): per-layer q/k/v projections, one relative bias table stored by every layer (tied),
+    the positional convolution weight-normed over dim 2."""
+    table = normal(320, HEADS)
+    model = {"post_extract_proj.weight": normal(DIM, 512), "post_extract_proj.bias": normal(DIM),
+             "patch_embedding.weight": normal(512, 1, 16, 16), "encoder.pos_conv.0.bias": normal(DIM),
+             "encoder.pos_conv.0.weight_g": torch.ones(1, 1, 128),
+             "encoder.pos_conv.0.weight_v": normal(DIM, DIM // 16, 128)}
+    for i in range(DEPTH):
+        b = f"encoder.layers.{i}."
+        model.update({b + "self_attn.grep_a": torch.ones(1, HEADS, 1, 1),
+                      b + "self_attn.relative_attention_bias.weight": table.clone()})
+        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            model.update({b + f"self_attn.{proj}.weight": normal(DIM, DIM), b + f"self_attn.{proj}.bias": normal(DIM)})
+        model.update({b + "self_attn.grep_linear.weight": normal(8, 64), b + "self_attn.grep_linear.bias": normal(8),
+                      b + "self_attn_layer_norm.weight": torch.ones(DIM), b + "self_attn_layer_norm.bias": normal(DIM),
+                      b + "fc1.weight": normal(HIDDEN, DIM), b + "fc1.bias": normal(HIDDEN),
+                      b + "fc2.weight": normal(DIM, HIDDEN), b + "fc2.bias": normal(DIM),
+                      b + "final_layer_norm.weight": torch.ones(DIM), b + "final_layer_norm.bias": normal(DIM)})
+    model.update({"encoder.layer_norm.weight": torch.ones(DIM), "encoder.layer_norm.bias": normal(DIM),
+                  "layer_norm.weight": torch.ones(512), "layer_norm.bias": normal(512)})
+    path = folder / "beats" / "BEATs_iter3.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"cfg": dict(BEATS_ITER3_CFG), "model": model}, path)
+    return path
+
+
+WRITERS: Dict[str, Callable[[Path], Path]] = {
+    "msm_mae": write_msm_mae, "m2d": write_m2d, "audiomae": write_audiomae, "ast": write_ast, "beats": write_beats}
+
+
+# -- measurements -------------------------------------------------------------------------------------
+
+class OtherLoad:
+    """The share of all CPUs' time that other processes (and the hypervisor) used since `start()`: this
+    machine is shared, and a busy neighbour slows OpenMP code far more than its share."""
+
+    @staticmethod
+    def _snapshot() -> Tuple[float, float, float]:
+        fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+        busy = (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")  # user nice system irq softirq steal
+        own = os.times()
+        return busy, own.user + own.system + own.children_user + own.children_system, time.monotonic()
+
+    def start(self) -> "OtherLoad":
+        self.begin = self._snapshot()
+        return self
+
+    def share(self) -> float:
+        (busy0, own0, t0), (busy1, own1, t1) = self.begin, self._snapshot()
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / ((t1 - t0) * os.cpu_count())
+
+
+def machine_facts(threads: int) -> None:
+    flags = set()
+    model = platform.processor()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    print(f"machine: {model}, {os.cpu_count()} CPUs; torch {torch.__version__}, oneDNN "
+          f"{'available' if torch.backends.mkldnn.is_available() else 'absent'}; {threads} threads; dtype 'auto' -> "
+          f"{str(resolve_dtype('auto', torch.device('cpu'))).replace('torch.', '')}; CPU flags: "
+          + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx512f", "avx512_bf16", "amx_bf16"))
+          + f"; load average {os.getloadavg()[0]:.2f}")
+
+
+GEMM_SHAPES = {"qkv": (DIM, 3 * DIM), "proj": (DIM, DIM), "fc1": (DIM, HIDDEN), "fc2": (HIDDEN, DIM)}
+KERNELS = ("torch.mm", "F.linear", "oneDNN packed")
+
+
+class Gemm:
+    """GFLOP/s of (tokens x in) @ (in x out) at the encoder's four product shapes, per kernel; each
+    `measure()` is one more sample (lasting >= 0.1 s) of each, the best one kept."""
+
+    def __init__(self, tokens: int, dtype: torch.dtype):
+        self.tokens, self.dtype = tokens, dtype
+        self.gflops = {shape: dict.fromkeys(KERNELS, 0.0) for shape in GEMM_SHAPES}
+
+    def measure(self) -> None:
+        for shape, (n_in, n_out) in GEMM_SHAPES.items():
+            x, w = torch.randn(self.tokens, n_in, dtype=self.dtype), torch.randn(n_out, n_in, dtype=self.dtype)
+            w_t, packed = w.t().contiguous(), torch.ops.mkldnn._reorder_linear_weight(w)
+            runs = {"torch.mm": lambda: torch.mm(x, w_t), "F.linear": lambda: F.linear(x, w),
+                    "oneDNN packed": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")}
+            for kernel, run in runs.items():
+                run()
+                calls, start = 0, time.perf_counter()
+                while time.perf_counter() - start < 0.1:
+                    run()
+                    calls += 1
+                rate = 2 * self.tokens * n_in * n_out * calls / (time.perf_counter() - start) / 1e9
+                self.gflops[shape][kernel] = max(self.gflops[shape][kernel], rate)
+
+    @property
+    def peak(self) -> float:
+        """The encoder's peak: its four products (equal token counts) each at its best kernel."""
+        flops = {shape: n_in * n_out for shape, (n_in, n_out) in GEMM_SHAPES.items()}
+        return sum(flops.values()) / sum(flops[s] / max(self.gflops[s].values()) for s in flops)
+
+    def print_rows(self, label: str) -> None:
+        dtype = {torch.bfloat16: "bf16", torch.float32: "fp32"}[self.dtype]
+        for shape, (n_in, n_out) in GEMM_SHAPES.items():
+            cells = self.gflops[shape]
+            best = max(cells, key=cells.get)
+            print(f"| {label}, {dtype} | {self.tokens} x {n_in} -> {n_out} ({shape}) | "
+                  + " | ".join(f"{cells[k]:.0f}" for k in KERNELS) + f" | {cells[best]:.0f} ({best}) |")
+        print(f"| {label}, {dtype} | mix of the four | | | | **{self.peak:.0f}** |")
+
+
+GEMM_HEADER = "| encoder, dtype | tokens x in -> out | " + " | ".join(KERNELS) + " | best |\n|---|---|---|---|---|---|"
+
+
+@dataclass
+class Job:
+    """One way of embedding one batch, timed over rounds (best wall time kept)."""
+    run: Callable[[], object]
+    audio_seconds: float
+    encoder: nn.Module  # whose work `flops` counts
+    flops: int = 0  # of one run, counted by EncoderWork
+    seconds: float = float("inf")
+
+    def measure(self) -> None:
+        start = time.perf_counter()
+        self.run()
+        self.seconds = min(self.seconds, time.perf_counter() - start)
+
+    @property
+    def rate(self) -> float:
+        """Audio seconds per wall second."""
+        return self.audio_seconds / self.seconds
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / self.seconds / 1e9
+
+
+def count_work(job: Job, bench: Bench) -> int:
+    """Run the job once (also its warm-up), recording its encoder FLOPs; return its largest encoder call
+    in tokens."""
+    with EncoderWork(job.encoder, bench) as work:
+        job.run()
+    job.flops = work.flops
+    return work.largest_call_tokens
+
+
+def measure_rounds(items: List, repeats: int) -> float:
+    """`repeats` rounds, each measuring every item once, so a change in the machine's load hits all of them
+    alike; returns the share of the CPUs other processes used meanwhile."""
+    load = OtherLoad().start()
+    for _ in range(repeats):
+        for item in items:
+            item.measure()
+    return load.share()
 
 
 def eager_attention(q, k, v):
@@ -36,106 +448,269 @@ def eager_attention(q, k, v):
     return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
 
 
-def reference_scene_embeddings(model, audio):
-    """The original wrapper's loop: per-batch normalisation, one encoder call per unit, float32, eager."""
-    lms = model.normalised_features(audio)
-    unit = model.unit_frames
-    lms = torch.nn.functional.pad(lms, (0, -lms.shape[-1] % unit)).unsqueeze(1)
-    frames = []
-    with mock.patch("torch.nn.functional.scaled_dot_product_attention", eager_attention):
-        for start in range(0, lms.shape[-1], unit):
-            frames.append(model.encode_units(lms[..., start:start + unit]))
-    return torch.cat(frames, dim=1).mean(dim=1)
+def reference_scene_embeddings(encoder: MaskedAutoencoder, frontend: nn.Module, audio: torch.Tensor) -> torch.Tensor:
+    """The original MSM-MAE wrapper's loop: the batch normalised by its own statistics, zero-padded to
+    whole units, one float32 encoder call per unit (eager attention), padded columns dropped."""
+    c = encoder.config
+    (_, pt), (gf, unit_columns), unit = c.patch_size, c.grid_size, c.input_size[1]
+    with torch.no_grad(), mock.patch("torch.nn.functional.scaled_dot_product_attention", eager_attention):
+        x = frontend(audio)
+        x = (x - x.mean()) / x.std()
+        n, columns = x.shape[0], math.ceil(x.shape[-1] / pt)
+        x = F.pad(x, (0, -x.shape[-1] % unit)).unsqueeze(1)
+        frames = []
+        for start in range(0, x.shape[-1], unit):
+            tokens = encoder.forward_encoder(x[..., start:start + unit])[:, int(c.use_cls_token):]  # (n, gf * K, D)
+            frames.append(tokens.reshape(n, gf, unit_columns, -1).permute(0, 2, 1, 3).reshape(n, unit_columns, -1))
+        return torch.cat(frames, dim=1)[:, :columns].mean(dim=1)
 
 
-def throughputs(strategies, repeats):
-    """{name: (embed, audio)} -> {name: seconds of audio per wall second}, best of `repeats`.
-
-    Rounds interleave the strategies, so a change in the machine's load hits all of them alike.
-    """
-    for embed, audio in strategies.values():
-        embed(audio[:1, :SR])  # warm-up
-    best = {name: float("inf") for name in strategies}
-    for _ in range(repeats):
-        for name, (embed, audio) in strategies.items():
-            start = time.perf_counter()
-            embed(audio)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: audio.numel() / SR / best[name] for name, (_, audio) in strategies.items()}
+PROFILE_GROUPS = [  # (group, substrings of op names); the first group that matches takes the op
+    ("matmul", ("addmm", "aten::mm", "linear", "aten::matmul")),
+    ("attention", ("scaled_dot_product", "flash_attention", "softmax", "aten::bmm", "aten::baddbmm")),
+    ("conv", ("conv",)),
+    ("norms", ("layer_norm",)),
+    ("copies", ("copy", "clone", "contiguous", "aten::cat", "pad", "aten::stack")),
+]
 
 
-def peak_rss_mb(checkpoint: Path, seconds: float, kind: str, threads: int) -> dict:
-    """Run one clip in a fresh process; return its peak RSS and the RSS after loading the model."""
+def profile_shares(run: Callable[[], object]) -> Tuple[Dict[str, float], List[Tuple[str, float]]]:
+    """Shares of the self CPU time of one `run()` by PROFILE_GROUPS (+ "other"), and the 3 largest "other" ops."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    groups, other = defaultdict(float), defaultdict(float)
+    for event in prof.key_averages():
+        group = next((g for g, keys in PROFILE_GROUPS if any(k in event.key for k in keys)), "other")
+        groups[group] += event.self_cpu_time_total
+        if group == "other":
+            other[event.key] += event.self_cpu_time_total
+    total = sum(groups.values())
+    top = sorted(other.items(), key=lambda kv: -kv[1])[:3]
+    return ({g: groups[g] / total for g in [g for g, _ in PROFILE_GROUPS] + ["other"]},
+            [(name, t / total) for name, t in top])
+
+
+def min_cosines(hear, fast, exact, audio: torch.Tensor) -> Tuple[float, float]:
+    """Minimum cosine of `fast`'s scene and timestamp embeddings to `exact`'s."""
+    scene = F.cosine_similarity(hear.get_scene_embeddings(audio, fast), hear.get_scene_embeddings(audio, exact))
+    frames = F.cosine_similarity(hear.get_timestamp_embeddings(audio, fast)[0],
+                                 hear.get_timestamp_embeddings(audio, exact)[0], dim=-1)
+    return float(scene.min()), float(frames.min())
+
+
+def peak_rss(module: str, checkpoint: Path, seconds: float, kind: str, threads: int) -> dict:
+    """Load the model and embed one clip in a fresh process: its peak RSS, the RSS after loading (MB), wall time."""
     code = f"""
-import time, torch, json, hear_msm_mae
+import importlib, json, time, torch
 def high_water_mb():  # this process's own peak RSS (ru_maxrss would include the parent's at fork)
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 torch.set_num_threads({threads})
-model = hear_msm_mae.load_model({str(checkpoint)!r}, device="cpu")
+hear = importlib.import_module({module!r})
+model = hear.load_model({str(checkpoint)!r}, device="cpu")
 loaded = high_water_mb()
-audio = 0.1 * torch.randn(1, int({seconds} * 16000))
+audio = 0.1 * torch.randn(1, int({seconds} * {SR}))
 start = time.perf_counter()
-out = hear_msm_mae.get_{kind}_embeddings(audio, model)
-wall = time.perf_counter() - start
-print(json.dumps(dict(loaded_mb=loaded, peak_mb=high_water_mb(), wall_s=wall)))
+hear.get_{kind}_embeddings(audio, model)
+print(json.dumps(dict(loaded_mb=loaded, peak_mb=high_water_mb(), wall_s=time.perf_counter() - start)))
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"fresh process failed ({module}, {seconds} s, {kind}):\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# -- one family ---------------------------------------------------------------------------------------
+
+@dataclass
+class FamilyResult:
+    bench: Bench
+    gemm: Gemm  # bf16, at the tokens of the largest encoder call of the scene job
+    scene: Job  # default mode, the 10-s clips
+    one_second: Job  # default mode, 1-s clips
+    one_second_clips: int
+    cosines: Tuple[float, float]  # scene, timestamp frames
+    shares: Dict[str, float]  # profile
+    others: float  # other processes' share of the CPUs during the timing rounds
+    memory: Dict[Tuple[str, int], dict]  # (kind, minutes) -> peak_rss
+
+
+def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
+    """Write, load and measure one family. MSM-MAE also times the reference strategy, float32 and timestamp
+    embeddings, against bf16 and fp32 GEMM peaks, and prints its own table."""
+    hear = importlib.import_module(bench.module)
+    torch.manual_seed(0)
+    checkpoint = WRITERS[bench.name](folder)
+    fast = hear.load_model(checkpoint, device="cpu")  # dtype "auto"
+    exact = hear.load_model(checkpoint, device="cpu", dtype="float32")
+    audio10 = 0.1 * torch.randn(args.clips, 10 * SR)
+    one_second_clips = args.clips * (1 if bench.padded else 10)
+    audio1 = 0.1 * torch.randn(one_second_clips, SR)
+    seconds10 = audio10.numel() / SR
+    jobs = {"scene": Job(lambda: hear.get_scene_embeddings(audio10, fast), seconds10, fast.encoder),
+            "1-s clips": Job(lambda: hear.get_scene_embeddings(audio1, fast), audio1.numel() / SR, fast.encoder)}
+    if bench.name == "msm_mae":
+        reference_model = MaskedAutoencoder(MAEConfig()).eval()
+        reference_model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+        frontend = LogMelSpectrogram()
+        timestamp_model = hear.load_model(checkpoint, device="cpu", timestamp_hop_ms=40)
+        jobs.update({
+            "reference": Job(lambda: reference_scene_embeddings(reference_model, frontend, audio10), seconds10,
+                             reference_model),
+            "float32": Job(lambda: hear.get_scene_embeddings(audio10, exact), seconds10, exact.encoder),
+            "timestamp": Job(lambda: hear.get_timestamp_embeddings(audio10, timestamp_model), seconds10,
+                             timestamp_model.encoder)})
+    with torch.inference_mode():
+        tokens = {name: count_work(job, bench) for name, job in jobs.items()}["scene"]
+        gemms = {"bf16": Gemm(tokens, torch.bfloat16)}
+        if bench.name == "msm_mae":
+            gemms["fp32"] = Gemm(tokens, torch.float32)
+        others = measure_rounds([*gemms.values(), *jobs.values()], args.repeats)
+        shares, top_other = profile_shares(jobs["scene"].run)
+        cosines = min_cosines(hear, fast, exact, 0.1 * torch.randn(2, 10 * SR))
+    print(f"\n{bench.title}, {bench.layout}: {bench.flops_per_audio_second() / 1e9:.2f} GFLOP per audio s (units of "
+          f"{bench.unit_patches + bench.prefix_tokens} tokens every {bench.unit_seconds:g} s); other processes used "
+          f"{others:.0%} of the CPUs during the timing rounds\n\n{GEMM_HEADER}")
+    for gemm in gemms.values():
+        gemm.print_rows(bench.title)
+    print("\nlargest ops outside the profile's groups: " + ", ".join(f"{n} {s:.1%}" for n, s in top_other))
+    if bench.name == "msm_mae":
+        print_msm_mae_table(jobs, gemms, one_second_clips)
+        with torch.inference_mode():
+            package_reference = hear.load_model(checkpoint, device="cpu", dtype="float32", mode="reference")
+            probe = 0.1 * torch.randn(3, 10 * SR)
+            difference = (reference_scene_embeddings(reference_model, frontend, probe)
+                          - hear.get_scene_embeddings(probe, package_reference)).abs().max()
+        print(f"reference strategy vs the package's mode='reference' (float32): max |difference| {difference:.1e}")
+    memory = {}
+    if not args.skip_memory:
+        minutes = [args.memory_minutes // 4, args.memory_minutes] if bench.name == "msm_mae" else [args.memory_minutes]
+        for kind in ("scene", "timestamp"):
+            for m in minutes:
+                memory[kind, m] = peak_rss(bench.module, checkpoint, m * 60, kind, args.threads)
+    return FamilyResult(bench, gemms["bf16"], jobs["scene"], jobs["1-s clips"], one_second_clips, cosines, shares,
+                        others, memory)
+
+
+def print_msm_mae_table(jobs: Dict[str, Job], gemms: Dict[str, Gemm], one_second_clips: int) -> None:
+    reference = jobs["reference"].rate
+    rows = {"reference": ("reference strategy (fp32, eager attention, one unit per call)", "fp32"),
+            "float32": ("package, float32", "fp32"), "scene": ("package, default (scene embeddings)", "bf16"),
+            "timestamp": ("package, default, timestamp embeddings (40 ms)", "bf16"),
+            "1-s clips": (f"package, default, {one_second_clips} x 1-s clips", "bf16")}
+    print(f"\n| MSM-MAE 80x208, {jobs['scene'].audio_seconds / 10:.0f} x 10-s clips | audio s / wall s | vs reference "
+          "| achieved GFLOP/s | roofline |\n|---|---|---|---|---|")
+    for key, (name, dtype) in rows.items():
+        job = jobs[key]
+        print(f"| {name} | {job.rate:.1f} | {job.rate / reference:.2f}x | {job.gflops:.0f} | "
+              f"{job.gflops / gemms[dtype].peak:.0%} of {dtype} |")
+    print(f"\ntimestamp / scene cost: {jobs['scene'].rate / jobs['timestamp'].rate:.2f} (target <= 4.2); "
+          f"1-s / 10-s cost per audio second: {jobs['scene'].rate / jobs['1-s clips'].rate:.2f} (target <= 1.2)")
+
+
+def print_summary(results: List[FamilyResult]) -> None:
+    print("\n| family | GFLOP / audio s | audio s / wall s | achieved GFLOP/s | bf16 peak (tokens) | roofline | "
+          "ceiling (audio s / s) | 1-s / 10-s | cosine scene / frames | others' CPU |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        b, s = r.bench, r.scene
+        ceiling = r.gemm.peak * 1e9 / (s.flops / s.audio_seconds)
+        print(f"| {b.title} | {b.flops_per_audio_second() / 1e9:.2f} | {s.rate:.1f} | {s.gflops:.0f} | "
+              f"{r.gemm.peak:.0f} ({r.gemm.tokens}) | {s.gflops / r.gemm.peak:.0%} | {ceiling:.1f} | "
+              f"{s.rate / r.one_second.rate:.2f} ({r.one_second_clips} clips) | "
+              f"{r.cosines[0]:.6f} / {r.cosines[1]:.6f} | {r.others:.0%} |")
+    print("\n| one default scene call, self time | " + " | ".join(g for g, _ in PROFILE_GROUPS) + " | other |\n|---|"
+          + "---|" * (len(PROFILE_GROUPS) + 1))
+    for r in results:
+        print(f"| {r.bench.title} | " + " | ".join(f"{v:.1%}" for v in r.shares.values()) + " |")
+    if any(r.memory for r in results):
+        print("\n| one clip, fresh process | model loaded (MB) | peak RSS (MB) | wall (s) | audio s / wall s |\n"
+              "|---|---|---|---|---|")
+        for r in results:
+            for (kind, minutes), m in r.memory.items():
+                print(f"| {r.bench.title}, {minutes} min, {kind} | {m['loaded_mb']:.0f} | {m['peak_mb']:.0f} | "
+                      f"{m['wall_s']:.1f} | {minutes * 60 / m['wall_s']:.1f} |")
+
+
+# -- torch.compile data point -------------------------------------------------------------------------
+
+def compile_data_point(folder: Path, args) -> None:
+    """MSM-MAE default scene embeddings with the loaded encoder's `encode` compiled by inductor (one static
+    graph per input shape), packed as load_model leaves it and unpacked (plain F.linear: Linear.packed
+    cleared), each with and without freezing; against the default path, interleaved."""
+    import hear_msm_mae
+    import torch._dynamo
+    import torch._inductor.config
+
+    checkpoint = write_msm_mae(folder)
+    audio = 0.1 * torch.randn(args.clips, 10 * SR)
+    seconds = audio.numel() / SR
+    default = hear_msm_mae.load_model(checkpoint, device="cpu")
+    expected = hear_msm_mae.get_scene_embeddings(audio, default)
+    jobs = {"default (packed, eager)": Job(lambda: hear_msm_mae.get_scene_embeddings(audio, default), seconds,
+                                           default.encoder)}
+    notes = {}
+    for packed in (True, False):
+        for freezing in (False, True):
+            name = f"torch.compile(encode), {'packed' if packed else 'unpacked'}, freezing={freezing}"
+            model = hear_msm_mae.load_model(checkpoint, device="cpu")
+            if not packed:
+                for module in model.modules():
+                    if getattr(module, "packed", None) is not None:
+                        module.packed = None
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()
+            torch._inductor.config.freezing = freezing
+            model.encoder.encode = torch.compile(model.encoder.encode, dynamic=False)
+            start = time.perf_counter()
+            try:
+                out = hear_msm_mae.get_scene_embeddings(audio, model)
+            except Exception as e:  # the data point is what the compiler says
+                notes[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                continue
+            breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+            notes[name] = (f"first call {time.perf_counter() - start:.1f} s, {breaks} graph breaks, min cosine to "
+                           f"default {float(F.cosine_similarity(out, expected).min()):.6f}")
+            jobs[name] = Job(lambda model=model: hear_msm_mae.get_scene_embeddings(audio, model), seconds, model.encoder)
+    torch._inductor.config.freezing = False
+    with torch.inference_mode():
+        others = measure_rounds(list(jobs.values()), args.repeats)
+    base = jobs["default (packed, eager)"].rate
+    print(f"\n| MSM-MAE 80x208, {args.clips} x 10-s clips, scene | audio s / wall s | vs default | first call |\n"
+          "|---|---|---|---|")
+    for name in ["default (packed, eager)", *notes]:
+        job = jobs.get(name)
+        print(f"| {name} | {f'{job.rate:.1f}' if job else '-'} | {f'{job.rate / base:.2f}x' if job else '-'} | "
+              f"{notes.get(name, '')} |")
+    print(f"(other processes used {others:.0%} of the CPUs during the timing rounds)")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", choices=list(BENCHES), default=list(BENCHES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clips", type=int, default=8, help="10-s clips per batch")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (best of)")
+    parser.add_argument("--memory-minutes", type=int, default=20, help="clip length of the RSS measurements")
+    parser.add_argument("--skip-memory", action="store_true", help="no fresh-process RSS measurements")
+    parser.add_argument("--quick", action="store_true", help="one timing round, 4-minute memory clips")
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile data point (MSM-MAE)")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.memory_minutes = 1, 4
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
+    started, load = time.perf_counter(), OtherLoad().start()
+    machine_facts(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Path(tmp) / "80x208p16x16_random" / "checkpoint-0.pth"
-        save_checkpoint(checkpoint, MaskedAutoencoder(MAEConfig()), epoch=0)
-        fp32 = hear_msm_mae.load_model(checkpoint, device="cpu", dtype="float32")
-        fast = hear_msm_mae.load_model(checkpoint, device="cpu")  # dtype auto
-        reference = hear_msm_mae.load_model(checkpoint, device="cpu", dtype="float32", mode="reference")
-        print(f"threads {args.threads}; auto dtype here: {fast.compute_dtype}")
-
-        audio10 = 0.1 * torch.randn(args.clips, 10 * SR)
-        audio1 = 0.1 * torch.randn(args.clips * 10, SR)
-        scene = hear_msm_mae.get_scene_embeddings
-        default = f"batched units, {fast.compute_dtype} weights, SDPA (default)"
-        with torch.inference_mode():
-            rows = throughputs({
-                "reference strategy (fp32, eager, unit per call)":
-                    (lambda a: reference_scene_embeddings(reference, a), audio10),
-                "batched units, fp32, SDPA": (lambda a: scene(a, fp32), audio10),
-                default: (lambda a: scene(a, fast), audio10),
-                "1-s clips, default": (lambda a: scene(a, fast), audio1),
-            }, args.repeats)
-        one_second = rows.pop("1-s clips, default")
-        base = next(iter(rows.values()))
-        print("\n| 10-s clips, scene embeddings | audio s / wall s | vs reference |\n|---|---|---|")
-        for name, value in rows.items():
-            print(f"| {name} | {value:.1f} | {value / base:.2f}x |")
-        print(f"\ndefault mode, cost per second of audio: 1-s clips / 10-s clips = {rows[default] / one_second:.2f}"
-              f"  ({one_second:.1f} vs {rows[default]:.1f} audio s / wall s)")
-
-        probe = 0.1 * torch.randn(4, 10 * SR)
-        exact = hear_msm_mae.get_scene_embeddings(probe, fp32)
-        approx = hear_msm_mae.get_scene_embeddings(probe, fast)
-        frames_exact, _ = hear_msm_mae.get_timestamp_embeddings(probe, fp32)
-        frames_approx, _ = hear_msm_mae.get_timestamp_embeddings(probe, fast)
-        cosine = torch.nn.functional.cosine_similarity
-        print(f"{fast.compute_dtype} vs float32 cosine: scene min {float(cosine(exact, approx).min()):.6f}, "
-              f"timestamp frames min {float(cosine(frames_exact, frames_approx, dim=-1).min()):.6f}")
-
-        if not args.skip_memory:
-            print("\n| one clip, fresh process | model loaded (MB) | peak RSS (MB) | wall (s) |\n|---|---|---|---|")
-            for kind in ("scene", "timestamp"):
-                for minutes in (5, 20):
-                    r = peak_rss_mb(checkpoint, minutes * 60, kind, args.threads)
-                    print(f"| {minutes} min, {kind} | {r['loaded_mb']:.0f} | {r['peak_mb']:.0f} | {r['wall_s']:.1f} |")
+        results = []
+        for name in args.families:
+            print(f"\n## {BENCHES[name].title}")
+            results.append(benchmark_family(BENCHES[name], Path(tmp) / name, args))
+        print("\n## Summary")
+        print_summary(results)
+        if args.compile:
+            print("\n## torch.compile")
+            compile_data_point(Path(tmp) / "compile", args)
+    print(f"\n{time.perf_counter() - started:.0f} s; other processes used {load.share():.0%} of the CPUs meanwhile")
 
 
 if __name__ == "__main__":
