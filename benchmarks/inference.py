@@ -4,7 +4,7 @@ matrix-multiply roofline.
     flock /tmp/heavy.lock python benchmarks/inference.py             # all five families (about 20 min here)
     python benchmarks/inference.py --families msm_mae --skip-memory   # MSM-MAE only, no fresh processes
     python benchmarks/inference.py --quick                            # one round, 4-minute memory clips
-    python benchmarks/inference.py --families msm_mae --compile       # add the torch.compile data point
+    python benchmarks/inference.py --families msm_mae --ablation --compile   # what the CPU paths are worth
     PYTHONPATH=../old-tree python benchmarks/inference.py --families msm_mae   # an older version (before/after)
 
 Weights are random, at ViT-Base size (768 wide, 12 blocks, 12 heads, MLP 3072), written by this script in
@@ -56,6 +56,8 @@ once, so a change in the machine's load hits them alike):
   profile         one default scene call under torch.profiler: each op's self time, grouped into matmul
                   (addmm, mm, oneDNN linear), attention (SDPA, bmm, softmax), conv (patch projections,
                   BEATs' positions), norms, copies (copy_, clone, cat, padding) and other.
+  ablation        (--ablation, current trees only) MSM-MAE scene embeddings with the encoder's oneDNN-packed
+                  linears and/or its batched-product attention for short sequences switched off.
   compile         (--compile) torch.compile (inductor) of the loaded encoder's `encode`, one static graph
                   per input shape, with and without torch._inductor.config.freezing, on the packed encoder
                   and on the same encoder unpacked: the first call, graph breaks, and the steady throughput
@@ -632,7 +634,51 @@ def print_summary(results: List[FamilyResult]) -> None:
                       f"{m['wall_s']:.1f} | {minutes * 60 / m['wall_s']:.1f} |")
 
 
-# -- torch.compile data point -------------------------------------------------------------------------
+# -- what the encoder's CPU paths are worth (--ablation) and torch.compile (--compile) -------------------
+
+def unpack(model: nn.Module) -> nn.Module:
+    """Undo load_model's oneDNN packing: every Linear computes F.linear, then GELU or the residual add apart."""
+    for module in model.modules():
+        if getattr(module, "packed", None) is not None:
+            module.packed = None
+    return model
+
+
+def ablation(folder: Path, args) -> None:
+    """MSM-MAE default scene embeddings with each of the current encoder's two CPU paths switched off: packed
+    linears (fused bias, GELU, residual add) and short sequences' attention as two batched products
+    (vit.SHORT_ATTENTION_TOKENS; 0 sends every length to SDPA). Interleaved rounds."""
+    import hear_msm_mae
+    from hear_msm_mae import vit
+
+    checkpoint = write_msm_mae(folder)
+    audio = 0.1 * torch.randn(args.clips, 10 * SR)
+    packed = hear_msm_mae.load_model(checkpoint, device="cpu")
+    unpacked = unpack(hear_msm_mae.load_model(checkpoint, device="cpu"))
+    short = vit.SHORT_ATTENTION_TOKENS
+
+    def job(model, short_tokens):
+        def run():
+            vit.SHORT_ATTENTION_TOKENS = short_tokens
+            try:
+                return hear_msm_mae.get_scene_embeddings(audio, model)
+            finally:
+                vit.SHORT_ATTENTION_TOKENS = short
+        return Job(run, audio.numel() / SR, model.encoder)
+
+    jobs = {"packed linears, batched-product attention (default)": job(packed, short),
+            "packed linears, SDPA at every length": job(packed, 0),
+            "F.linear + GELU + add, batched-product attention": job(unpacked, short),
+            "F.linear + GELU + add, SDPA at every length": job(unpacked, 0)}
+    with torch.inference_mode():
+        others = measure_rounds(list(jobs.values()), args.repeats)
+    base = jobs["F.linear + GELU + add, SDPA at every length"].rate
+    print(f"\n| MSM-MAE 80x208, {args.clips} x 10-s clips, scene | audio s / wall s | vs neither |\n|---|---|---|")
+    for name, j in jobs.items():
+        print(f"| {name} | {j.rate:.1f} | {j.rate / base:.2f}x |")
+    print(f"(other processes used {others:.0%} of the CPUs during the timing rounds)")
+
+
 
 def compile_data_point(folder: Path, args) -> None:
     """MSM-MAE default scene embeddings with the loaded encoder's `encode` compiled by inductor (one static
@@ -657,9 +703,7 @@ def compile_data_point(folder: Path, args) -> None:
             name = f"torch.compile(encode), {'packed' if packed else 'unpacked'}, freezing={freezing}"
             model = hear_msm_mae.load_model(checkpoint, device="cpu")
             if not packed:
-                for module in model.modules():
-                    if getattr(module, "packed", None) is not None:
-                        module.packed = None
+                unpack(model)
             torch._dynamo.reset()
             torch._dynamo.utils.counters.clear()
             model.encoder.encode = torch.compile(model.encoder.encode, dynamic=False)
@@ -694,6 +738,7 @@ def main():
     parser.add_argument("--memory-minutes", type=int, default=20, help="clip length of the RSS measurements")
     parser.add_argument("--skip-memory", action="store_true", help="no fresh-process RSS measurements")
     parser.add_argument("--quick", action="store_true", help="one timing round, 4-minute memory clips")
+    parser.add_argument("--ablation", action="store_true", help="add MSM-MAE with packing / short attention off")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile data point (MSM-MAE)")
     args = parser.parse_args()
     if args.quick:
@@ -708,6 +753,9 @@ def main():
             results.append(benchmark_family(BENCHES[name], Path(tmp) / name, args))
         print("\n## Summary")
         print_summary(results)
+        if args.ablation:
+            print("\n## Packed linears and short-sequence attention, each switched off")
+            ablation(Path(tmp) / "ablation", args)
         if args.compile:
             print("\n## torch.compile")
             compile_data_point(Path(tmp) / "compile", args)
