@@ -137,6 +137,8 @@ class Bench:
 
 
 PATCH = 2 * 16 * 16 * DIM  # one 16 x 16 patch projected to 768
+# BEATs per patch: projection to 512, post_extract_proj to 768, the 128-tap positional conv in 16 groups, and
+# in every block each head's gate (grep_linear, 64 -> 8)
 BEATS_PATCH = 2 * (16 * 16 * 512 + 512 * DIM + DIM * (DIM // 16) * 128 + DEPTH * HEADS * 64 * 8)
 BENCHES = {b.name: b for b in [
     Bench("msm_mae", "hear_msm_mae", "MSM-MAE", "save_checkpoint(MaskedAutoencoder(MAEConfig())), 80x208",
@@ -190,7 +192,7 @@ def sincos(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
-def timm_vit_weights(prefix: str = "") -> Dict[str, torch.Tensor]:
+def timm_vit_weights() -> Dict[str, torch.Tensor]:
     """timm VisionTransformer names: patch_embed.proj, blocks.i.{norm1, attn.qkv, attn.proj, norm2,
     mlp.fc1, mlp.fc2}, norm (fused qkv bias)."""
     w = {"patch_embed.proj.weight": normal(DIM, 1, 16, 16), "patch_embed.proj.bias": normal(DIM)}
@@ -203,7 +205,7 @@ def timm_vit_weights(prefix: str = "") -> Dict[str, torch.Tensor]:
                   b + "mlp.fc1.weight": normal(HIDDEN, DIM), b + "mlp.fc1.bias": normal(HIDDEN),
                   b + "mlp.fc2.weight": normal(DIM, HIDDEN), b + "mlp.fc2.bias": normal(DIM)})
     w.update({"norm.weight": torch.ones(DIM), "norm.bias": normal(DIM)})
-    return {prefix + k: v for k, v in w.items()}
+    return w
 
 
 def write_msm_mae(folder: Path) -> Path:
@@ -258,8 +260,8 @@ def write_audiomae(folder: Path) -> Path:
     args = argparse.Namespace(
         model="mae_vit_base_patch16", audio_exp=True, use_custom_patch=False, decoder_mode=1, norm_pix_loss=True,
         mask_ratio=0.8, batch_size=8, epochs=33, output_dir=job, log_dir=job)
-    path = folder / "audiomae" / "pretrained.pth"
-    path.parent.mkdir(parents=True)
+    path = folder / "pretrained.pth"
+    folder.mkdir(parents=True)
     torch.save({"model": model, "epoch": 32, "args": args}, path)
     return path
 
@@ -272,8 +274,8 @@ def write_ast(folder: Path) -> Path:
     weights = {"module.v." + k: v for k, v in weights.items()}
     weights.update({"module.mlp_head.0.weight": torch.ones(DIM), "module.mlp_head.0.bias": normal(DIM),
                     "module.mlp_head.1.weight": normal(527, DIM), "module.mlp_head.1.bias": normal(527)})
-    path = folder / "ast" / "audioset_10_10_0.4593.pth"
-    path.parent.mkdir(parents=True)
+    path = folder / "audioset_10_10_0.4593.pth"
+    folder.mkdir(parents=True)
     torch.save(weights, path)
     return path
 
@@ -309,8 +311,8 @@ def write_beats(folder: Path) -> Path:
                       b + "final_layer_norm.weight": torch.ones(DIM), b + "final_layer_norm.bias": normal(DIM)})
     model.update({"encoder.layer_norm.weight": torch.ones(DIM), "encoder.layer_norm.bias": normal(DIM),
                   "layer_norm.weight": torch.ones(512), "layer_norm.bias": normal(512)})
-    path = folder / "beats" / "BEATs_iter3.pt"
-    path.parent.mkdir(parents=True)
+    path = folder / "BEATs_iter3.pt"
+    folder.mkdir(parents=True)
     torch.save({"cfg": dict(BEATS_ITER3_CFG), "model": model}, path)
     return path
 
