@@ -47,8 +47,7 @@ once, so a change in the machine's load hits them alike):
                   eager attention, one encoder call per unit, per-batch normalisation), 8 clips of 10 s.
   timestamp / scene  wall time of timestamp embeddings (40 ms hop: 4 shifted copies) / scene embeddings.
   1-s / 10-s      wall time per second of audio of 1-s clips / of 10-s clips (10 x more 1-s clips: the same
-                  audio; for Audio-MAE and AST, which pad every unit to its full width as their references
-                  do, as many 1-s clips as 10-s ones).
+                  audio).
   cosine          minimum cosine similarity of the default (bf16 here) embeddings to float32 ones, scene
                   and timestamp frames, 2 clips of 10 s.
   peak RSS        VmHWM of a fresh process that loads the model and embeds one clip of 20 minutes (MSM-MAE:
@@ -118,7 +117,6 @@ class Bench:
     column_stride: int  # frames between columns
     prefix_tokens: int  # [CLS], distillation
     patch_flops: int  # 2 x multiply-adds per patch outside the blocks
-    padded: bool  # every unit is padded to its full width (1-s clips cost a whole unit)
 
     @property
     def unit_patches(self) -> int:
@@ -142,14 +140,13 @@ PATCH = 2 * 16 * 16 * DIM  # one 16 x 16 patch projected to 768
 BEATS_PATCH = 2 * (16 * 16 * 512 + 512 * DIM + DIM * (DIM // 16) * 128 + DEPTH * HEADS * 64 * 8)
 BENCHES = {b.name: b for b in [
     Bench("msm_mae", "hear_msm_mae", "MSM-MAE", "save_checkpoint(MaskedAutoencoder(MAEConfig())), 80x208",
-          5, 13, 16, 0, PATCH, padded=False),
-    Bench("m2d", "hear_msm_mae.m2d", "M2D", "_enconly, 80x608", 5, 38, 16, 1, PATCH, padded=False),
+          5, 13, 16, 0, PATCH),
+    Bench("m2d", "hear_msm_mae.m2d", "M2D", "_enconly, 80x608", 5, 38, 16, 1, PATCH),
     Bench("audiomae", "hear_msm_mae.audiomae", "Audio-MAE", "pre-trained {model, args}, 1024x128",
-          8, 64, 16, 1, PATCH, padded=True),
-    Bench("ast", "hear_msm_mae.ast", "AST", "module.v.*, 1024 frames, stride 10", 12, 101, 10, 2, PATCH,
-          padded=True),
+          8, 64, 16, 1, PATCH),
+    Bench("ast", "hear_msm_mae.ast", "AST", "module.v.*, 1024 frames, stride 10", 12, 101, 10, 2, PATCH),
     Bench("beats", "hear_msm_mae.beats", "BEATs", "{cfg, model} iter3, units of 1008 frames", 8, 63, 16, 0,
-          BEATS_PATCH, padded=False),
+          BEATS_PATCH),
 ]}
 
 
@@ -548,7 +545,7 @@ def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
     fast = hear.load_model(checkpoint, device="cpu")  # dtype "auto"
     exact = hear.load_model(checkpoint, device="cpu", dtype="float32")
     audio10 = 0.1 * torch.randn(args.clips, 10 * SR)
-    one_second_clips = args.clips * (1 if bench.padded else 10)
+    one_second_clips = args.clips * 10
     audio1 = 0.1 * torch.randn(one_second_clips, SR)
     seconds10 = audio10.numel() / SR
     jobs = {"scene": Job(lambda: hear.get_scene_embeddings(audio10, fast), seconds10, fast.encoder),

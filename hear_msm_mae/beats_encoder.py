@@ -143,14 +143,17 @@ class GatedRelativeAttention(nn.Module):
         self.grep_linear = nn.Linear(dim // num_heads, 8)
         self.grep_a = nn.Parameter(torch.ones(1, num_heads, 1, 1))
 
-    def forward(self, x: torch.Tensor, position_bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """x (n, L, D), position_bias (H, L, L) -> attention output + residual, (n, L, D)."""
+    def forward(self, x: torch.Tensor, position_bias: torch.Tensor, residual: torch.Tensor,
+                mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """x (n, L, D), position_bias (H, L, L) -> attention output + residual, (n, L, D). `mask` (n, H, L, L), if
+        given, receives this block's gated bias (one buffer for all blocks: a new one per block costs 6x more)."""
         n, length, dim = x.shape
         q, k, v = self.qkv(x).view(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         gates = torch.sigmoid(self.grep_linear(q).view(n, self.num_heads, length, 2, 4).sum(-1))  # (n, H, L, 2)
         gate_a, gate_b = gates.chunk(2, dim=-1)  # (n, H, L, 1) each
         gate = gate_a * (gate_b * self.grep_a - 1.0) + 2.0
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=gate * position_bias)  # (n, H, L, d)
+        bias = gate * position_bias if mask is None else torch.mul(gate, position_bias, out=mask)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (n, H, L, d)
         return self.out_proj(x.transpose(1, 2).reshape(n, length, dim), residual=residual)
 
 
@@ -167,8 +170,8 @@ class EncoderLayer(nn.Module):
         self.fc2 = Linear(config.encoder_ffn_embed_dim, dim)
         self.final_layer_norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
-        x = self.self_attn_layer_norm(self.self_attn(x, position_bias, residual=self.alpha * x))
+    def forward(self, x: torch.Tensor, position_bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.self_attn_layer_norm(self.self_attn(x, position_bias, self.alpha * x, mask))
         # GELU in float32 as the reference's (torch computes a bfloat16 GELU in float32, as does oneDNN)
         return self.final_layer_norm(self.fc2(self.fc1(x, activation="gelu"), residual=self.alpha * x))
 
@@ -197,9 +200,11 @@ class TransformerEncoder(nn.Module):
         x = self.layer_norm(x + position.transpose(1, 2))
         buckets = relative_buckets(length, self.num_buckets, self.max_distance, x.device)  # (L, L)
         position_bias = self.relative_attention_bias(buckets).permute(2, 0, 1)  # (H, L, L)
+        # (n, H, L, L): each block's gated bias, in one buffer (not when gradients are recorded: out= has none)
+        mask = None if torch.is_grad_enabled() else x.new_empty(x.shape[0], *position_bias.shape)
         states = {0: x}
         for k, layer in enumerate(self.layers[:max(layers)], start=1):
-            x = layer(x, position_bias)
+            x = layer(x, position_bias, mask)
             if k in layers:
                 states[k] = x
         return [states[k] for k in layers]
