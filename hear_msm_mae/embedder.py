@@ -260,25 +260,22 @@ class Embedder(nn.Module):
 
         The features are encoded whole (every column covering them), however few columns are kept, so
         a column's embedding never depends on how many are asked for."""
-        n_columns = max(self.native_columns(x.shape[-1]), out.shape[1])
+        n_columns = max(self.grid.columns_for(x.shape[-1]), out.shape[1])
         for clips, first, emb in self.column_chunks(x, n_columns):
             take = min(emb.shape[1], out.shape[1] - first)
             out[clips, first:first + take] = emb[:, :take]
         return out
 
-    def native_columns(self, frames: int) -> int:
-        return self.grid.columns_for(frames)
-
     def frame_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised (B, F, T) -> native frame embeddings (B, columns, E), one per patch column."""
-        n = self.native_columns(x.shape[-1])
+        n = self.grid.columns_for(x.shape[-1])
         return self.fill_columns(x, x.new_empty(x.shape[0], n, self.timestamp_embedding_size))
 
     def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, E): the mean of the native frame embeddings (accumulated chunk by chunk), or with
         scene="pooled" the mean over units of the model's own clip-level output."""
         x = self.normalised_features(audio)
-        n = self.native_columns(x.shape[-1])
+        n = self.grid.columns_for(x.shape[-1])
         total = x.new_zeros(x.shape[0], self.scene_embedding_size)
         if self.options.scene == "pooled":
             counts = x.new_zeros(x.shape[0], 1)
