@@ -678,8 +678,9 @@ def mean_std(values: Sequence[float], skip_nan: bool = False) -> Tuple[float, fl
         return float(values[0]), 0.0
     if skip_nan:
         values = values[~np.isnan(values)]
-    mean = float(np.mean(values)) if len(values) else math.nan
-    return mean, float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    with np.errstate(invalid="ignore"):  # +inf and -inf (d' of a tiny fold) give NaN, as in pandas
+        mean = float(np.mean(values)) if len(values) else math.nan
+        return mean, float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
 def aggregate(fold_scores: Dict[str, Dict[str, float]], skip_nan: bool = False) -> Dict[str, Dict[str, float]]:
