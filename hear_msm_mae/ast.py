@@ -10,11 +10,12 @@ stride 10 in both axes (the release names it: audioset_<fstride>_<tstride>_...; 
 stride that tiles the position table), so a column of 12 patches starts every 100 ms. AST's own
 layout is already (mel, time), frequency-major.
 Input length: the checkpoint's (101 columns for AudioSet's 1024 frames: the 1016 frames they span, the
-last 8 are never seen), or any `unit_frames`: the position table
-is then cut from the middle (shorter) or bilinearly interpolated in time (longer), as ASTModel does for
-another input_tdim; a short last unit takes the middle columns, by the same rule. AST's dataloader pads
-every clip to the full length with zero fbank frames, which the option pad_last_unit reproduces. Normalisation: (fbank + 4.2677393) / (2 * 4.5689974), AudioSet's (other releases used
-their data set's: pass norm_mean / norm_std). Clip-level output (scene="pooled"): (cls + dist) / 2 of
+last 8 are never seen), or any `unit_frames`: the position table is then cut from the middle (shorter)
+or bilinearly interpolated in time (longer), as ASTModel does for another input_tdim; a short last unit
+takes the middle columns, by the same rule. AST's dataloader pads every clip to the full length with
+zero fbank frames, which the option pad_last_unit reproduces.
+Normalisation: (fbank + 4.2677393) / (2 * 4.5689974), AudioSet's (other releases used their data
+set's: pass norm_mean / norm_std). Clip-level output (scene="pooled"): (cls + dist) / 2 of
 the final output.
 """
 from __future__ import annotations
