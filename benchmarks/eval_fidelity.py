@@ -12,7 +12,7 @@ Three tasks, derived from the synthetic tasks (eval.synthetic, full size) and em
 
 Both sides train and test on the same embedding files, one after the other on the same machine, once per
 seed (42, 43, 44, ...): hear-eval-kit's task_predictions (its predictions runner's function, in its pinned
-environment, eval.heareval_env) called by a small driver that seeds it with the seed instead of its fixed
+environment, tests/heareval_env.py) called by a small driver that seeds it with the seed instead of its fixed
 42, on a fresh copy of the folder; ours `run_seed` with the same seed, in float32 and in bfloat16. A seed
 draws the grid points (Python's random), the initialisation and the dropout on either side. To fit this
 2-core machine the grid is cut down through each task's `evaluation_params` (honoured by both sides; see
@@ -37,15 +37,18 @@ from typing import Dict, List
 
 import numpy as np
 import soundfile
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from eval import heareval_env, synthetic  # noqa: E402
-from eval.embed import embed_tasks, parse_model_options  # noqa: E402
-from eval.hear_protocol import ProtocolConfig, load_task_data, run_seed, seeds  # noqa: E402
+import heareval_env  # noqa: E402  (tests/: hear-eval-kit's pinned environment)
+from eval import synthetic  # noqa: E402
+from eval.embed import embed_tasks, load_module, parse_model_options  # noqa: E402
+from eval.embedded import load_task_data  # noqa: E402
+from eval.hear_protocol import ProtocolConfig, run_seed, seeds  # noqa: E402
+from eval.tasks import read_task, write_task  # noqa: E402
 
-SR = 16000
 # per task: the grid overrides written into its metadata, and the grid points each side trains
 SETTINGS = {
     "long_drum_events": ({"hidden_dim": [256], "max_epochs": [60], "patience": [5]}, 2),
@@ -70,42 +73,25 @@ tp.task_predictions(embedding_path=task_dir, embedding_size=size, grid_points=gr
 """
 
 
-def read_task(folder: Path):
-    metadata = json.loads((folder / "task_metadata.json").read_text())
-    return metadata, {split: json.loads((folder / f"{split}.json").read_text()) for split in metadata["splits"]}
-
-
-def write_task(folder: Path, metadata: dict, splits: Dict[str, Dict[str, tuple]], labels: List[str]) -> None:
-    """A task folder from {split: {file: (audio, labels)}}."""
-    shutil.rmtree(folder, ignore_errors=True)
-    for split, files in splits.items():
-        (folder / str(SR) / split).mkdir(parents=True)
-        for name, (audio, _) in files.items():
-            soundfile.write(str(folder / str(SR) / split / name), audio, SR, subtype="PCM_16")
-        (folder / f"{split}.json").write_text(json.dumps({n: lab for n, (_, lab) in files.items()}, indent=1))
-    (folder / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{v}\n" for i, v in enumerate(labels)))
-    (folder / "task_metadata.json").write_text(json.dumps({**metadata, "splits": list(splits)}, indent=1))
-
-
 def derive_tasks(synth: Path, out: Path) -> List[Path]:
     """The three benchmark tasks (see the docstring) from the generated synthetic task folders."""
-    drums = synth / f"synth_drum_events-{synthetic.VERSION}-full"
-    metadata, splits = read_task(drums)
-    labels = [line.split(",", 1)[1] for line in (drums / "labelvocabulary.csv").read_text().split()[1:]]
+    drums = read_task(synth / f"synth_drum_events-{synthetic.VERSION}-full")
+    metadata, labels = drums.metadata, drums.labels
     clip_ms = metadata["sample_duration"] * 1000
     long_files, halves = {}, {}
-    for split, files in splits.items():
+    for split in drums.splits:
+        files = drums.split_labels[split]
         names = sorted(files)
         long_files[split], halves[split] = {}, {}
         for f in range(len(names) // 15):
             group = names[15 * f:15 * (f + 1)]
-            audio = np.concatenate([soundfile.read(str(drums / str(SR) / split / n), dtype="float32")[0]
+            audio = np.concatenate([soundfile.read(str(drums.audio_dir(split) / n), dtype="float32")[0]
                                     for n in group])
             events = [{**e, "start": e["start"] + i * clip_ms, "end": e["end"] + i * clip_ms}
                       for i, n in enumerate(group) for e in files[n]]
             long_files[split][f"{split}_{f:02d}.wav"] = (audio, events)
         for n in names:
-            audio = soundfile.read(str(drums / str(SR) / split / n), dtype="float32")[0]
+            audio = soundfile.read(str(drums.audio_dir(split) / n), dtype="float32")[0]
             half = len(audio) // 2
             for h in range(2):
                 present = sorted({e["label"] for e in files[n]
@@ -114,10 +100,12 @@ def derive_tasks(synth: Path, out: Path) -> List[Path]:
     common = {"version": "v1", "split_mode": "trainvaltest", "mode": "full"}
     write_task(out / "long_drum_events", {
         **common, "task_name": "long_drum_events", "embedding_type": "event", "prediction_type": "multilabel",
-        "sample_duration": 15 * metadata["sample_duration"], "evaluation": metadata["evaluation"]}, long_files, labels)
+        "sample_duration": 15 * metadata["sample_duration"], "evaluation": metadata["evaluation"]}, long_files,
+        labels)
     write_task(out / "drum_halves_multilabel", {
         **common, "task_name": "drum_halves_multilabel", "embedding_type": "scene", "prediction_type": "multilabel",
-        "sample_duration": metadata["sample_duration"] / 2, "evaluation": ["mAP", "d_prime", "aucroc"]}, halves, labels)
+        "sample_duration": metadata["sample_duration"] / 2, "evaluation": ["mAP", "d_prime", "aucroc"]}, halves,
+        labels)
     shutil.rmtree(out / "synth_words", ignore_errors=True)
     shutil.copytree(synth / f"synth_words-{synthetic.VERSION}-full", out / "synth_words")
     for name, (grid, _) in SETTINGS.items():
@@ -183,7 +171,9 @@ def main() -> None:
     tasks_dir = args.work / "tasks"
     if not all((tasks_dir / name / "task_metadata.json").exists() for name in SETTINGS):
         derive_tasks(synth, tasks_dir)
-    model_out = embed_tasks("hear_msm_mae", tasks_dir, args.work / "embeddings", args.model, options, args.tasks)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_module("hear_msm_mae", args.model, options, device)
+    model_out = embed_tasks(loaded, tasks_dir, args.work / "embeddings", args.tasks)
     heareval_work = args.work / "heareval"
     heareval_work.mkdir(parents=True, exist_ok=True)
     rows = []

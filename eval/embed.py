@@ -8,75 +8,49 @@ e.g. `python -m eval.embed hear_msm_mae --tasks-dir tasks --embeddings-dir embed
 --model naive_baseline.pt ...`. MODULE is imported and `MODULE.load_model([CKPT,] **options)`
 must return a torch.nn.Module with `sample_rate` (the HEAR 2021 API).
 
-Output: exactly what heareval.embeddings.runner writes, so heareval's predictions runner reads our
-embeddings and `load_split` below reads embeddings made by heareval:
-
-    E/<module><-key=value for each option, slugified>/<task folder>/
-        task_metadata.json, labelvocabulary.csv, <split>.json      copies from the task folder
-        <split>/<file>.embedding.npy          scene (D,) / event (n, D) float32 (np.save)
-        <split>/<file>.target-labels.json     scene: the file's labels; event: labels per timestamp
-        <split>/<file>.timestamps.json        event only: the n timestamps (ms)
-        <split>.embeddings.npy                all embeddings of the split, files shuffled with
-                                              random.Random(0) (seeded once per task): a raw
-                                              float32 np.memmap, no .npy header
-        <split>.embedding-dimensions.json     [rows, D] of that memmap
-        <split>.target-labels.pkl             pickled list of the rows' labels
-        <split>.filename-timestamps.json      event only: [[E/.../<split>/<file>, timestamp], ...]
-        profile.embeddings.json               time_elapsed, gpu_max_mem, gpu_device_name (+ ours:
-                                              peak_rss_mb, files, files_per_second, batch_size,
-                                              world_size)
-        .done.embeddings                      written last: the task is complete
-
-An event file's labels per timestamp are those of the events with start <= t < end + 0.0001 ms,
-as in hear-eval-kit (for overlapping events the order within a timestamp follows <split>.json,
-where hear-eval-kit's interval tree gives an arbitrary order; its loader turns both into the
-same multi-hot vector).
+Output: exactly what heareval.embeddings.runner writes (the format: eval.embedded, which reads it
+back), E/<module><-key=value for each option>/<task folder>/..., so heareval's predictions runner
+reads our embeddings and eval.embedded reads embeddings made by heareval.
 
 Resuming: every file is written atomically (temporary file, then rename) and a file's
-.embedding.npy is written after its labels and timestamps, so an existing .embedding.npy means
-the file is complete. A re-run skips tasks with .done.embeddings and, inside a task, every batch
+.embedding.npy is written after its labels, timestamps and audio digest, so an existing .embedding.npy
+means the file is complete. A re-run skips tasks with .done.embeddings and, inside a task, every batch
 whose files all have embeddings; batches are formed the same way every time (fixed order, size
 and sharding), so a resumed run writes the same bytes as an uninterrupted one. A run refuses to
 resume into a directory made with a different module, checkpoint or options (`embedding-run.json`).
+
+Audio: each file is read from the task's folder at the model's sample rate, or resampled from its
+highest-rate folder as hear-preprocess made its rate folders (eval.tasks, hear_msm_mae.audio), so the
+HEAR 2021 tasks from Zenodo (48000/ only) are embedded as they are. The digest of every file as read is
+kept beside its embedding, and the task's digest over them in audio-digest.json (eval.embedded): the
+digest of the audio the embeddings were made from, which eval.run prints beside the scores. A task that
+records a digest (eval.synthetic) must have been read as it was built, else nothing is marked done.
 
 Batches: `--batch-size`, by default hear-eval-kit's size max(1, int(0.7 * 120 / sample_duration
 * 16000 / sample_rate)) (which matters for models whose embeddings depend on their batch-mates,
 e.g. hear_msm_mae in "reference" mode); files of different lengths never share a batch.
 Runs on the GPU when there is one.
 
+From Python: `embed_tasks(load_module(MODULE, CKPT, options, device), T, E)`.
+
 Scale-out over processes/GPUs with torchrun, e.g. 4 GPUs on one machine:
 
     torchrun --nproc_per_node 4 -m eval.embed MODULE --tasks-dir T --embeddings-dir E ...
 
 Each rank loads the model (on cuda:LOCAL_RANK, or the CPU with the gloo backend where there is no
-GPU) and embeds every WORLD_SIZE-th batch of each split; after a barrier rank 0 writes the
-merged split files, the profile and .done.embeddings. The batches are the same as in a
-one-process run, so the files are identical.
-
-Reading embeddings back (for the downstream models), from our files or heareval's:
-
-    for task_dir in embedded_task_dirs(E / "<module dir>"):     # complete tasks only
-        task = read_embedded_task(task_dir)                    # eval.tasks.Task: metadata, labels,
-                                                               # primary_metric, data_splits()
-        for fold in task.data_splits():                        # train/valid/test split names
-            train = [load_split(task_dir, s) for s in fold.train]
-            ...
-    scene: SceneSplit.embeddings (n, D) float32, .targets (n, n_labels) multi-hot, .labels, .filenames
-    event: EventSplit.embeddings / .timestamps (ms) / .targets per file, .events {file: [Event]},
-           .stacked() -> X (N, D), Y (N, n_labels), file index (N,)
+GPU: hear_msm_mae.distributed) and embeds every WORLD_SIZE-th batch of each split; after a barrier
+rank 0 writes the merged split files, the profile and .done.embeddings. The batches are the same as
+in a one-process run, so the files are identical.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
-import random
-import re
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -87,26 +61,17 @@ import torch
 from tqdm import tqdm
 
 from hear_msm_mae.atomic import atomic_write
+from hear_msm_mae.distributed import Distributed
+from hear_msm_mae.download import DownloadError
 
-from .tasks import Event, Task, TaskError, list_tasks, read_task
+from hear_msm_mae.releases import CHECKPOINTS
 
-DONE_FILE = ".done.embeddings"
+from .embedded import (AUDIO_DIGEST_FILE, DONE_FILE, audio_digest_path, embedding_path, labels_at_timestamps,
+                       memmap_file_order, model_dir_name)
+from .tasks import Task, TaskError, combine_digests, list_tasks
+
 PROFILE_FILE = "profile.embeddings.json"
 RUN_FILE = "embedding-run.json"
-EVENT_END_TOLERANCE_MS = 0.0001  # hear-eval-kit includes timestamps up to end + 0.0001
-
-
-# ----------------------------------------------------------------------------------------------
-# Naming, as heareval.embeddings.runner names its output folder
-
-def slug(text: str) -> str:
-    """python-slugify's default for ASCII text: lower case, runs of other characters -> '-'."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def model_dir_name(module: str, model_options: Dict) -> str:
-    """'<module>' plus '-key=value' per option, e.g. 'hear_msm_mae-mode=reference'."""
-    return module + "".join(f"-{slug(k)}={slug(str(v))}" for k, v in model_options.items())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,15 +79,23 @@ def model_dir_name(module: str, model_options: Dict) -> str:
 
 @dataclass
 class LoadedModule:
-    """A HEAR module with its model on `device`."""
+    """A HEAR module with its model on `device`, loaded from `model_path` (None: the module's default)
+    with the keyword arguments `options`."""
     name: str
     module: object
     model: torch.nn.Module
     device: torch.device
+    model_path: Optional[str] = None
+    options: Dict = field(default_factory=dict)
 
     @property
     def sample_rate(self) -> int:
         return int(self.model.sample_rate)
+
+    @property
+    def dir_name(self) -> str:
+        """The folder of its embeddings, named as heareval's runner names it: '<module>-key=value...'."""
+        return model_dir_name(self.name, self.options)
 
     def scene(self, audio: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -135,11 +108,17 @@ class LoadedModule:
 
 
 def load_module(name: str, model_path: Optional[str], model_options: Dict, device: torch.device) -> LoadedModule:
-    module = import_module(name)
+    """Import the HEAR module `name` and call its load_model(model_path, **model_options) (no path: its
+    default); ValueError naming the module when it does not import."""
+    try:
+        module = import_module(name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"cannot import the HEAR module {name!r}: {e}") from None
+    model_path = str(model_path) if model_path else None
     model = module.load_model(model_path, **model_options) if model_path else module.load_model(**model_options)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"{name}.load_model returned a {type(model).__name__}; only torch models are supported")
-    return LoadedModule(name, module, model.to(device).eval(), device)
+    return LoadedModule(name, module, model.to(device).eval(), device, model_path, dict(model_options))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,22 +134,14 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def labels_at_timestamps(events: List[dict], timestamps: np.ndarray) -> List[List[str]]:
-    """For each timestamp (ms) the labels of the events covering it: start <= t < end + 0.0001."""
-    unique = list(dict.fromkeys((e["start"], e["end"], e["label"]) for e in events))
-    return [[label for start, end, label in unique if start <= t < end + EVENT_END_TOLERANCE_MS]
-            for t in map(float, timestamps)]  # compared in float64, as hear-eval-kit's numpy 1 did
-
-
-def embedding_path(outdir: Path, file_name: str) -> Path:
-    return outdir / f"{file_name}.embedding.npy"
-
-
 def write_batch(loaded: LoadedModule, task: Task, split: str, names: Sequence[str], outdir: Path) -> None:
     """Embed one batch of equally long files and write each file's outputs (embedding last)."""
-    audio = np.stack([soundfile.read(str(task.audio_dir(split) / n), dtype="float32")[0] for n in names])
-    audio = torch.from_numpy(audio).to(loaded.device)  # (B, S)
+    clips, digests = zip(*(task.read_audio(split, n) for n in names))
+    audio = torch.from_numpy(np.stack(clips)).to(loaded.device)  # (B, S) at the model's rate
     split_labels = task.split_labels[split]
+    for name, digest in zip(names, digests):
+        with atomic_write(audio_digest_path(outdir, name), "w") as f:
+            f.write(digest)
     if task.embedding_type == "scene":
         embeddings = loaded.scene(audio)  # (B, D)
         for i, name in enumerate(names):
@@ -207,19 +178,6 @@ def make_batches(task: Task, split: str, batch_size: int) -> List[List[str]]:
 
 # ----------------------------------------------------------------------------------------------
 # Merged split files (rank 0), as heareval's memmap_embeddings writes them
-
-def memmap_file_order(task: Task) -> Dict[str, List[int]]:
-    """Per split, the indices into `task.files(split)` of its files in the order of its merged
-    <split>.embeddings.npy: each split's file list shuffled by one random.Random(0) per task, split
-    after split in metadata order (hear-eval-kit's task_embeddings)."""
-    prng = random.Random()
-    prng.seed(0)
-    order = {}
-    for split in task.splits:
-        order[split] = list(range(len(task.files(split))))
-        prng.shuffle(order[split])
-    return order
-
 
 def merge_split(task: Task, split: str, outdir: Path, task_out: Path, file_order: List[int]) -> None:
     names = task.files(split)
@@ -280,47 +238,29 @@ def peak_rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Distributed helpers (torchrun); a single process needs none of this
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owner: bool = False  # this one started the process group (and closes it)
-
-    @classmethod
-    def from_env(cls) -> "Dist":
-        """This process's place under torchrun; joins the process group unless a caller already has."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        dist = cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-        if world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-            dist.owner = True
-        return dist
-
-    def device(self) -> torch.device:
-        if torch.cuda.is_available():
-            torch.cuda.set_device(self.local_rank)
-            return torch.device("cuda", self.local_rank)
-        return torch.device("cpu")
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.owner and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-# ----------------------------------------------------------------------------------------------
 # One task, all tasks
 
 def copy_task_files(task: Task, task_out: Path) -> None:
     for name in ["task_metadata.json", "labelvocabulary.csv"] + [f"{s}.json" for s in task.splits]:
         with atomic_write(task_out / name) as f:
             f.write((task.path / name).read_bytes())
+
+
+def write_audio_digest(task: Task, task_out: Path) -> str:
+    """The task's digest over the digests of its files as they were read (rank 0, once all are written),
+    saved in AUDIO_DIGEST_FILE; TaskError if the task records another one (its files changed since it was
+    built)."""
+    files = {split: {name: audio_digest_path(task_out / split, name).read_text() for name in task.files(split)}
+             for split in task.splits}
+    digest = combine_digests({split: task.split_labels[split] for split in task.splits}, files)
+    recorded = task.metadata.get("digest")
+    if recorded is not None and recorded != digest:
+        raise TaskError(f"task {task.name}: its metadata records digest {recorded}, but the audio and labels read "
+                        f"from {task.path} have digest {digest}: its files changed after it was built; rebuild it "
+                        f"(and delete {task_out})")
+    save_json(task_out / AUDIO_DIGEST_FILE, {"digest": digest, "audio_rate": task.audio_rate,
+                                             "sample_rate": task.sample_rate}, indent=1)
+    return digest
 
 
 def check_same_task(task: Task, task_out: Path) -> None:
@@ -334,29 +274,31 @@ def check_same_task(task: Task, task_out: Path) -> None:
                             f"now has digest {new}: delete {task_out} (or embed into another folder)")
 
 
-def embed_task(loaded: LoadedModule, task: Task, task_out: Path, batch_size: Optional[int], dist: Dist) -> dict:
+def embed_task(loaded: LoadedModule, task: Task, task_out: Path, batch_size: Optional[int],
+               dist: Distributed) -> dict:
     """Embed one task into `task_out` (resuming); returns its profile (rank 0's is written)."""
     start = time.time()
     reset_peak_rss()
     if loaded.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(loaded.device)
-    if dist.rank == 0:
+    if dist.main:
         copy_task_files(task, task_out)
     size = batch_size or default_batch_size(task, loaded.sample_rate)
     computed = 0
     for split in task.splits:
         outdir = task_out / split
         outdir.mkdir(parents=True, exist_ok=True)
-        mine = make_batches(task, split, size)[dist.rank::dist.world]
+        mine = make_batches(task, split, size)[dist.rank::dist.world_size]
         todo = [b for b in mine if not all(embedding_path(outdir, n).exists() for n in b)]
         with tqdm(total=sum(map(len, mine)), initial=sum(map(len, mine)) - sum(map(len, todo)), unit="file",
-                  desc=f"{task.name} {split}", disable=dist.rank != 0 or None, leave=False) as bar:
+                  desc=f"{task.name} {split}", disable=not dist.main or None, leave=False) as bar:
             for names in todo:
                 write_batch(loaded, task, split, names, outdir)
                 computed += len(names)
                 bar.update(len(names))
     dist.barrier()
-    if dist.rank == 0:
+    if dist.main:
+        digest = write_audio_digest(task, task_out)
         order = memmap_file_order(task)
         for split in task.splits:
             merge_split(task, split, task_out / split, task_out, order[split])
@@ -368,11 +310,12 @@ def embed_task(loaded: LoadedModule, task: Task, task_out: Path, batch_size: Opt
         "peak_rss_mb": peak_rss_mb(),  # rank 0's process during this task
         "files": sum(len(task.files(s)) for s in task.splits),
         "files_computed_by_rank0": computed,
-        "files_per_second": computed * dist.world / elapsed if elapsed > 0 else None,
+        "files_per_second": computed * dist.world_size / elapsed if elapsed > 0 else None,
         "batch_size": size,
-        "world_size": dist.world,
+        "world_size": dist.world_size,
+        "audio_digest": digest if dist.main else None,
     }
-    if dist.rank == 0:
+    if dist.main:
         save_json(task_out / PROFILE_FILE, profile, indent=4)
         with atomic_write(task_out / DONE_FILE, "w"):
             pass
@@ -380,7 +323,7 @@ def embed_task(loaded: LoadedModule, task: Task, task_out: Path, batch_size: Opt
     return profile
 
 
-def check_run(model_out: Path, run: dict, dist: Dist) -> None:
+def check_run(model_out: Path, run: dict, dist: Distributed) -> None:
     """Record what made this folder; refuse to resume into one made by something else."""
     path = model_out / RUN_FILE
     if path.exists():
@@ -388,122 +331,42 @@ def check_run(model_out: Path, run: dict, dist: Dist) -> None:
         if previous != run:
             raise SystemExit(f"error: {model_out} was made with {previous}, not {run}; "
                              "use another --embeddings-dir or remove it")
-    elif dist.rank == 0:
+    elif dist.main:
         save_json(path, run, indent=1)
     dist.barrier()
 
 
-def embed_tasks(module: str, tasks_dir, embeddings_dir, model_path: Optional[str] = None,
-                model_options: Optional[Dict] = None, tasks: Optional[Sequence[str]] = None,
-                batch_size: Optional[int] = None) -> Path:
-    """Embed the tasks (folder names; default all) under `tasks_dir`; returns E/<module dir>."""
-    model_options = dict(model_options or {})
-    dist = Dist.from_env()
+def embed_tasks(loaded: LoadedModule, tasks_dir, embeddings_dir, tasks: Optional[Sequence[str]] = None,
+                batch_size: Optional[int] = None, dist: Optional[Distributed] = None) -> Path:
+    """Embed the tasks (folder names; default all) under `tasks_dir` with a loaded module; returns
+    E/<module dir>. `dist`: this process under torchrun (default: started here, and closed at the end)."""
+    started = dist is None
+    dist = Distributed.start() if started else dist
     try:
-        if not Path(tasks_dir).is_dir():  # a wrong tasks folder or module name fails before anything is written
-            raise TaskError(f"tasks folder not found: {tasks_dir}")
-        import_module(module)
-        model_out = Path(embeddings_dir) / model_dir_name(module, model_options)
-        model_out.mkdir(parents=True, exist_ok=True)
-        check_run(model_out, {"module": module, "model": str(model_path) if model_path else None,
-                              "model_options": model_options}, dist)
-        loaded = load_module(module, model_path, model_options, dist.device())
+        # every task folder is read and checked (file names included) before anything is written
         all_tasks = list_tasks(tasks_dir, sample_rate=loaded.sample_rate)
         if tasks:
             unknown = sorted(set(tasks) - {t.name for t in all_tasks})
             if unknown:
-                raise SystemExit(f"error: no task folders {unknown} in {tasks_dir}")
+                raise TaskError(f"no task folders {unknown} in {tasks_dir}")
             all_tasks = [t for t in all_tasks if t.name in set(tasks)]
-        for task in tqdm(all_tasks, desc="tasks", unit="task", disable=dist.rank != 0 or None):
+        model_out = Path(embeddings_dir) / loaded.dir_name
+        model_out.mkdir(parents=True, exist_ok=True)
+        check_run(model_out, {"module": loaded.name, "model": loaded.model_path, "model_options": loaded.options},
+                  dist)
+        for task in tqdm(all_tasks, desc="tasks", unit="task", disable=not dist.main or None):
             task_out = model_out / task.name
             check_same_task(task, task_out)
             if (task_out / DONE_FILE).exists():
                 continue
             profile = embed_task(loaded, task, task_out, batch_size, dist)
-            if dist.rank == 0:
+            if dist.main:
                 print(f"{task.name}: {profile['files']} files in {profile['time_elapsed']:.1f} s "
                       f"(peak RSS {profile['peak_rss_mb']:.0f} MB, GPU max {profile['gpu_max_mem']})", file=sys.stderr)
         return model_out
     finally:
-        dist.close()
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading a task's embeddings back (for the downstream models)
-
-@dataclass
-class SceneSplit:
-    """A scene task split: row i is file filenames[i]."""
-    filenames: List[str]
-    embeddings: np.ndarray  # (n, D) float32
-    labels: List[List[str]]  # the labels of each file
-    targets: np.ndarray  # (n, n_labels) float32 multi-hot (one-hot for multiclass)
-
-
-@dataclass
-class EventSplit:
-    """An event task split: per file, its frame embeddings, timestamps, per-frame targets, events."""
-    filenames: List[str]
-    embeddings: List[np.ndarray]  # per file (n_i, D) float32
-    timestamps: List[np.ndarray]  # per file (n_i,) ms, float64
-    targets: List[np.ndarray]  # per file (n_i, n_labels) float32 multi-hot of the labels at each timestamp
-    events: Dict[str, List[Event]]  # file -> its events (ms), from <split>.json
-
-    def stacked(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All frames: X (N, D), Y (N, n_labels) and the file index of each frame (N,)."""
-        file_index = np.concatenate([np.full(len(t), i) for i, t in enumerate(self.timestamps)])
-        return np.concatenate(self.embeddings), np.concatenate(self.targets), file_index
-
-
-def multi_hot(labels: Sequence, label_to_idx: Dict[str, int]) -> np.ndarray:
-    vector = np.zeros(len(label_to_idx), np.float32)
-    vector[[label_to_idx[str(label)] for label in labels]] = 1.0
-    return vector
-
-
-def embedded_task_dirs(model_dir) -> List[Path]:
-    """The complete task folders (with .done.embeddings) of one module's embeddings folder, sorted."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"embeddings folder not found: {model_dir}")
-    return sorted(p for p in model_dir.iterdir() if (p / DONE_FILE).is_file())
-
-
-def read_embedded_task(task_embeddings_dir) -> Task:
-    """The task description (metadata, vocabulary, split labels) copied into an embeddings folder."""
-    task_embeddings_dir = Path(task_embeddings_dir)
-    if not (task_embeddings_dir / DONE_FILE).exists():
-        raise FileNotFoundError(f"{task_embeddings_dir}: embeddings incomplete (no {DONE_FILE}); run eval.embed")
-    return read_task(task_embeddings_dir, check_audio_files=False)
-
-
-def load_split(task_embeddings_dir, split: str):
-    """One split's embeddings and targets (SceneSplit or EventSplit), files in <split>.json order.
-
-    Reads the per-file arrays that both eval.embed and heareval's embeddings runner write.
-    """
-    task = read_embedded_task(task_embeddings_dir)
-    if split not in task.splits:
-        raise ValueError(f"{task.path}: no split {split!r}; splits are {task.splits}")
-    outdir = task.path / split
-    names = task.files(split)
-    missing = [str(embedding_path(outdir, n)) for n in names if not embedding_path(outdir, n).exists()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} embedding files missing, e.g. {missing[:3]}")
-    if task.embedding_type == "scene":
-        labels = task.scene_labels(split)
-        return SceneSplit(names, np.stack([np.load(embedding_path(outdir, n)) for n in names]).astype(np.float32),
-                          [labels[n] for n in names],
-                          np.stack([multi_hot(labels[n], task.label_to_idx) for n in names]))
-    targets = []
-    for n in names:
-        per_frame = json.loads((outdir / f"{n}.target-labels.json").read_text())
-        targets.append(np.stack([multi_hot(labels, task.label_to_idx) for labels in per_frame])
-                       if per_frame else np.zeros((0, len(task.labels)), np.float32))
-    return EventSplit(names, [np.load(embedding_path(outdir, n)).astype(np.float32) for n in names],
-                      [np.asarray(json.loads((outdir / f"{n}.timestamps.json").read_text()), np.float64)
-                       for n in names],
-                      targets, task.events(split))
+        if started:
+            dist.close()
 
 
 def parse_model_options(text: str, model: Optional[str]) -> dict:
@@ -514,15 +377,16 @@ def parse_model_options(text: str, model: Optional[str]) -> dict:
         raise SystemExit(f"error: --model-options is not JSON: {e}") from None
     if not isinstance(options, dict):
         raise SystemExit("error: --model-options must be a JSON dict")
-    if model is not None and not Path(model).is_file():
-        raise SystemExit(f"error: model file not found: {model}")
+    if model is not None and not Path(model).is_file() and model not in CHECKPOINTS:
+        raise SystemExit(f"error: model file not found (nor an official checkpoint name): {model}")
     return options
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m eval.embed", description=__doc__.split("\n\n")[0])
     parser.add_argument("module", help="HEAR module to import, e.g. hear_msm_mae or hearbaseline")
-    parser.add_argument("--model", default=None, help="model weights file passed to load_model")
+    parser.add_argument("--model", default=None, help="model weights file passed to load_model (or an official "
+                        "checkpoint name, hear_msm_mae.releases)")
     parser.add_argument("--tasks-dir", required=True, type=Path, help="folder of HEAR task folders")
     parser.add_argument("--embeddings-dir", required=True, type=Path, help="where to write embeddings")
     parser.add_argument("--model-options", default="{}", help="JSON dict of keyword arguments for load_model")
@@ -532,13 +396,16 @@ def main(argv=None) -> None:
     options = parse_model_options(args.model_options, args.model)
     if args.batch_size is not None and args.batch_size < 1:
         raise SystemExit("error: --batch-size must be at least 1")
+    if not args.tasks_dir.is_dir():  # before the model is loaded
+        raise SystemExit(f"error: tasks folder not found: {args.tasks_dir}")
+    dist = Distributed.start()
     try:
-        out = embed_tasks(args.module, args.tasks_dir, args.embeddings_dir, args.model, options, args.task,
-                          args.batch_size)
-    except TaskError as e:
+        loaded = load_module(args.module, args.model, options, dist.device)
+        out = embed_tasks(loaded, args.tasks_dir, args.embeddings_dir, args.task, args.batch_size, dist)
+    except (ValueError, FileNotFoundError, DownloadError) as e:  # TaskError, a module that does not import, bad options
         raise SystemExit(f"error: {e}") from None
-    except ModuleNotFoundError as e:
-        raise SystemExit(f"error: cannot import the HEAR module {args.module!r}: {e}") from None
+    finally:
+        dist.close()
     print(out)
 
 

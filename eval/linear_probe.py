@@ -24,7 +24,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from threadpoolctl import threadpool_limits
 
-from .hear_protocol import Scorer, SplitData, TaskData, concat_splits, task_result
+from .embedded import TaskData
+from .scoring import Scorer
+from .statistics import task_result
 
 
 @dataclass
@@ -71,10 +73,10 @@ def run_linear_probe(data: TaskData, config: ProbeConfig = ProbeConfig()) -> dic
     n_labels = len(data.labels)
     folds = []
     for split in data.task.data_splits():
-        train = concat_splits(data, split.train, shuffle_seed=config.seed)
+        train = data.concat(split.train, shuffle_seed=config.seed)
         if len(train.embeddings) > config.max_train_rows:
-            train = SplitData(train.embeddings[:config.max_train_rows], train.targets[:config.max_train_rows])
-        valid, test = concat_splits(data, split.valid), concat_splits(data, split.test)
+            train = train.rows(np.arange(config.max_train_rows))
+        valid, test = data.concat(split.valid), data.concat(split.test)
         mean, std = standardiser(train.embeddings)
         x_train, x_valid, x_test = ((s.embeddings - mean) / std for s in (train, valid, test))
         valid_decoder = scorer.decoder(valid)
@@ -89,4 +91,4 @@ def run_linear_probe(data: TaskData, config: ProbeConfig = ProbeConfig()) -> dic
         scores, _ = scorer.evaluate(probabilities(model, x_test, n_labels), test, scorer.decoder(test), post or None)
         folds.append({"test": "|".join(split.test), "validation_score": validation_score, "C": C,
                       "postprocessing": dict(post), "scores": scores})
-    return task_result(data, "linear", scorer.primary.name, folds, start)
+    return task_result(data.task.name, "linear", scorer.primary.name, folds, start)

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-Events = Dict[str, List[dict]]
+from .tasks import Events
 
 
 def _check_scene_shapes(predictions: np.ndarray, targets: np.ndarray) -> None:

@@ -33,7 +33,9 @@ from pathlib import Path
 import torch
 
 from .embed import save_json
-from .hear_protocol import GRIDS, ProtocolConfig, TaskData, load_task_data, mean_std, run_protocol, seeds
+from .embedded import TaskData, load_task_data
+from .hear_protocol import GRIDS, ProtocolConfig, run_protocol, seeds
+from .statistics import mean_std
 
 DONE_FILE = "prediction-done.json"
 SCORES_FILE = "test.predicted-scores.json"

@@ -105,7 +105,8 @@ def short_digest(digest: Optional[str]) -> str:
 
 def primary_table(runs: Dict[str, List[dict]], refs: Dict[str, Reference]) -> List[dict]:
     """One row per task: the task's digest where one is recorded (two that differ: the runs were scored on
-    different versions of the task), its primary score, each run and protocol, then the references."""
+    different versions of the task), its primary score, each run and protocol, then the references; a
+    column empty for every task (e.g. the references on tasks outside HEAR 2021) is left out."""
     tasks, primary, digests = [], {}, {}
     cells: Dict[tuple, str] = {}
     for run, results in runs.items():
@@ -131,7 +132,8 @@ def primary_table(runs: Dict[str, List[dict]], refs: Dict[str, Reference]) -> Li
         row["best HEAR 2021"] = f"{fmt(ref.best_2021)} ({ref.best_2021_model})" if ref.best_2021 else "–"
         row["MSM-MAE paper"] = fmt(ref.paper)
         table.append(row)
-    return table
+    empty = [column for column in table[0] if all(row[column] == "–" for row in table)]
+    return [{k: v for k, v in row.items() if k not in empty} for row in table]
 
 
 def markdown(table: List[dict]) -> str:
@@ -142,13 +144,13 @@ def markdown(table: List[dict]) -> str:
 
 
 def bar_chart(runs: Dict[str, List[dict]], refs: Dict[str, Reference], path: Path) -> None:
-    """Grouped bars per task: each run/protocol's primary mean (with std), then the references."""
+    """Grouped bars per task, labelled with their values: each run/protocol's primary mean (with its std),
+    then the references that have a score for the task; the legend beside the axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    series: Dict[str, Dict[str, tuple]] = {}
+    series: Dict[str, Dict[str, tuple]] = {}  # name -> {task title: (mean, std)}
     tasks: List[str] = []
     for run, results in runs.items():
         for r in results:
@@ -162,20 +164,29 @@ def bar_chart(runs: Dict[str, List[dict]], refs: Dict[str, Reference], path: Pat
         values = {t: (getattr(refs[t], attr), 0.0) for t in tasks if t in refs and getattr(refs[t], attr) is not None}
         if values:
             series[name] = values
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(tasks) * max(1.0, len(series) / 4)), 4.5))
-    x = np.arange(len(tasks))
-    for i, (name, values) in enumerate(series.items()):
-        means = [values.get(t, (np.nan, 0))[0] for t in tasks]
-        stds = [values.get(t, (np.nan, 0))[1] for t in tasks]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, label=name, capsize=2)
-    ax.set_xticks(x, tasks, rotation=30, ha="right")
+    colours = {name: f"C{i % 10}" for i, name in enumerate(series)}
+    per_task = [[name for name in series if task in series[name]] for task in tasks]
+    width = 0.8 / max(map(len, per_task))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * sum(map(len, per_task)) + 0.6 * len(tasks)), 4.5))
+    labelled = set()
+    for x, (task, names) in enumerate(zip(tasks, per_task)):
+        for j, name in enumerate(names):  # the task's bars side by side, centred on its tick
+            mean, std = series[name][task]
+            centre = x + (j - (len(names) - 1) / 2) * width
+            ax.bar(centre, mean, width, yerr=std or None, capsize=2, color=colours[name],
+                   label=None if name in labelled else name)
+            ax.text(centre, mean + (std or 0.0) + 0.01, fmt(mean), rotation=90, ha="center", va="bottom", fontsize=7)
+            labelled.add(name)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
     ax.set_ylabel("primary score (test, mean over folds)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
+    ax.set_ylim(0, 1.15)  # room for the values above bars near 1
+    ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    handles, names = ax.get_legend_handles_labels()
+    order = sorted(range(len(names)), key=lambda i: list(series).index(names[i]))
+    ax.legend([handles[i] for i in order], [names[i] for i in order], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")  # the legend and tick labels inside the picture
     plt.close(fig)
     with atomic_write(path) as f:
         f.write(buffer.getvalue())

@@ -12,26 +12,31 @@ logistic-regression probe (eval.linear_probe). `--seeds N` repeats the HEAR prot
 deviation and a 95% interval over seeds (one seed: mean and standard deviation over folds); `--fast` (=
 `--dtype bfloat16`) runs its matmuls in bfloat16 on centred inputs: faster where the hardware has fast
 bfloat16, the same model in exact arithmetic, scores within seed noise of float32's.
+The package is used only through the HEAR API: the module named by --module is imported and its
+load_model called (eval.embed.load_module), once per set of options.
+
 The demo builds the small synthetic tasks (eval.synthetic) into DIR/tasks and evaluates the bundled
 checkpoint (or --model) on them with the linear probe unless --protocol says otherwise, embedding in
 float32 (model option dtype, unless --model-options says otherwise) so that its numbers do not depend on
-whether the machine has fast bfloat16.
+whether the machine has fast bfloat16; beside it, the model card's references (eval.baselines): the same
+network with random weights and log-mel statistics.
 
-`--hop-comparison` (always on in the demo, for hear_msm_mae): the event tasks are embedded again with
-native timestamp frames, one per patch column (model option timestamp_hop_ms = the patch width, 160 ms
-for 16x16 patches), and scored beside the run's hop (default 40 ms) with onset F-measures at 50 ms and
-200 ms collars.
+`--hop-comparison` (always on in the demo): the event tasks are embedded again with native timestamp
+frames, one per patch column (model option timestamp_hop_ms = the model's `native_hop_ms`, 160 ms for
+16x16 patches, 100 ms for AST), and scored beside the run's hop (the model's `timestamp_hop_ms`, by
+default 40 ms) with onset F-measures at 50 ms and 200 ms collars. Every family's HEAR module states both
+hops on its model; a module whose model does not is refused before anything is embedded.
 
 Scale-out over processes/GPUs: `torchrun --nproc_per_node N -m eval.run ...` embeds as eval.embed does, then
 spreads the downstream units of work (a task's linear probe, a task's HEAR protocol with one seed) over the
 N processes; rank 0 writes the results and the report, which equal a one-process run's.
 
 Output, all resumable (a re-run skips finished embeddings and finished units of work):
-    DIR/embeddings/<module+options>/<task>/     hear-eval-kit's embedding format (eval.embed)
+    DIR/embeddings/<module+options>/<task>/     hear-eval-kit's embedding format (eval.embedded)
     DIR/results/<run>/<task>.<protocol>.json    one task's scores (per fold, mean and std), settings,
-                                                the task's digest (eval.synthetic records one per task)
+                                                the digest of the audio embedded (eval.embed)
     DIR/results/<run>/<task>.hear.seed<S>.json  one seed's HEAR protocol result
-    DIR/results.json                            every result of this run
+    DIR/results.json                            every result of this run (the module's, not the references')
     DIR/results.md, results.csv, results.png    tables and chart beside the HEAR 2021 leaderboard
     DIR/timestamp_resolution.md                 the hop comparison, when made
 """
@@ -42,24 +47,23 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from hear_msm_mae.atomic import atomic_write
-from hear_msm_mae.checkpoint import load_checkpoint
-from hear_msm_mae.frontend import build_frontend
-from hear_msm_mae.msm_mae import FAMILY, default_checkpoint
+from hear_msm_mae.distributed import Distributed
+from hear_msm_mae.download import DownloadError
 
-from .embed import DONE_FILE, Dist, embed_tasks, model_dir_name, parse_model_options, read_embedded_task
-from .hear_protocol import ProtocolConfig, combine_seeds, load_task_data, run_seed, seeds
+from .embed import LoadedModule, embed_tasks, load_module, parse_model_options, save_json
+from .embedded import embedded_task_dirs, load_task_data, read_audio_digest, read_embedded_task
+from .hear_protocol import ProtocolConfig, run_seed, seeds
 from .linear_probe import ProbeConfig, run_linear_probe
 from .report import write_report
+from .statistics import combine_seeds
 
 PROTOCOLS = {"linear": ("linear",), "hear": ("hear",), "both": ("linear", "hear")}
-
-
-def save_json(path: Path, obj) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=1)
+ONSET_SCORES = ("event_onset_50ms_fms", "event_onset_200ms_fms")
+DEMO_MODULE = "hear_msm_mae"
+REFERENCES_MODULE = "eval.baselines"  # the model card's references, a HEAR module like any other
 
 
 def unit_path(results_dir: Path, task: str, protocol: str, seed: Optional[int]) -> Path:
@@ -75,17 +79,12 @@ def cached(path: Path, settings: Optional[dict]):
     return result if result.get("settings") == settings else None
 
 
-def task_digest(task_dir: Path) -> Optional[str]:
-    """The digest of the task a folder's embeddings were made from (eval.synthetic records one per task)."""
-    return json.loads((task_dir / "task_metadata.json").read_text()).get("digest")
-
-
 def evaluate_embeddings(model_out: Path, results_dir: Path, protocols, config: ProtocolConfig,
-                        tasks: Optional[List[str]] = None, dist: Dist = Dist()) -> List[dict]:
+                        tasks: Optional[List[str]] = None, dist: Distributed = Distributed()) -> List[dict]:
     """Run the downstream protocols on every embedded task under `model_out`, each unit of work cached in its
     own file. Under torchrun every process computes every world-th unit not cached yet; rank 0 then returns
     the task results (written beside the units), the other ranks []."""
-    task_dirs = sorted(p for p in model_out.iterdir() if (p / DONE_FILE).exists())
+    task_dirs = embedded_task_dirs(model_out)
     if tasks:
         task_dirs = [p for p in task_dirs if p.name in set(tasks)]
     settings = {"grid_points": config.grid_points, "grid": config.grid, "dtype": config.dtype}
@@ -94,19 +93,19 @@ def evaluate_embeddings(model_out: Path, results_dir: Path, protocols, config: P
     todo = [u for u in units if cached(unit_path(results_dir, u[0].name, u[1], u[2]),
                                        settings if u[1] == "hear" else None) is None]
     data, data_dir = None, None
-    for task_dir, protocol, seed in todo[dist.rank::dist.world]:
+    for task_dir, protocol, seed in todo[dist.rank::dist.world_size]:
         if data_dir != task_dir:
             data, data_dir = load_task_data(task_dir), task_dir
         start = time.perf_counter()
         result = run_seed(data, config, seed) if protocol == "hear" else run_linear_probe(data, ProbeConfig())
-        result["task_digest"] = task_digest(task_dir)
+        result["task_digest"] = read_audio_digest(task_dir)
         primary = result["scores"][result["primary_score"]]
         print(f"{task_dir.name} [{protocol}{'' if seed is None else f', seed {seed}'}]: {result['primary_score']} "
               f"{primary['mean']:.3f} ± {primary['std']:.3f} ({time.perf_counter() - start:.0f} s), "
               f"task digest {result['task_digest'] or '–'}", file=sys.stderr)
-        save_json(unit_path(results_dir, task_dir.name, protocol, seed), result)
+        save_json(unit_path(results_dir, task_dir.name, protocol, seed), result, indent=1)
     dist.barrier()
-    if dist.rank:
+    if not dist.main:
         return []
     results = []
     for task_dir in task_dirs:
@@ -117,21 +116,38 @@ def evaluate_embeddings(model_out: Path, results_dir: Path, protocols, config: P
                 runs = [json.loads(unit_path(results_dir, task_dir.name, protocol, seed).read_text())
                         for seed in config.seeds]
                 result = {"task_digest": runs[0].get("task_digest"), **combine_seeds(runs)}
-                save_json(results_dir / f"{task_dir.name}.{protocol}.json", result)
+                save_json(results_dir / f"{task_dir.name}.{protocol}.json", result, indent=1)
             results.append(result)
     return results
 
 
-def run_name(module: str, model: Optional[str], options: Dict) -> str:
-    name = model_dir_name(module, options)
-    return f"{name}@{Path(model).stem}" if model else name
+def run_name(loaded: LoadedModule) -> str:
+    """'<module>-key=value...', then '@<checkpoint file stem>' when a model file was given."""
+    return f"{loaded.dir_name}@{Path(loaded.model_path).stem}" if loaded.model_path else loaded.dir_name
 
 
-def native_hop_ms(model: Optional[str]) -> float:
-    """Width of one patch column of the checkpoint (the bundled default when None), in ms."""
-    checkpoint = load_checkpoint(model or default_checkpoint())
-    frontend = build_frontend(checkpoint.frontend)
-    return checkpoint.grid.column_stride * frontend.hop_length * 1000 / frontend.sample_rate
+def evaluate_module(loaded: LoadedModule, tasks_dir: Path, out: Path, protocols, config: ProtocolConfig,
+                    tasks: Optional[Sequence[str]], dist: Distributed) -> List[dict]:
+    """Embed the tasks with a loaded module into OUT/embeddings and evaluate them (results in OUT/results)."""
+    model_out = embed_tasks(loaded, tasks_dir, out / "embeddings", tasks, dist=dist)
+    return evaluate_embeddings(model_out, out / "results" / run_name(loaded), protocols, config, tasks, dist)
+
+
+def reference_runs(model_file_path: Optional[str]) -> Dict[str, Tuple[str, Optional[str], dict]]:
+    """The model card's references beside an MSM-MAE checkpoint (None: the bundled one), embedded in float32:
+    column name -> (HEAR module, model file, load_model options)."""
+    return {"random weights": (REFERENCES_MODULE, model_file_path, {"reference": "random", "dtype": "float32"}),
+            "log-mel statistics": (REFERENCES_MODULE, None, {"reference": "log-mel"})}
+
+
+def model_hops(loaded: LoadedModule) -> Tuple[float, float]:
+    """(timestamp hop, native hop) in ms, as the loaded model states them."""
+    try:
+        return float(loaded.model.timestamp_hop_ms), float(loaded.model.native_hop_ms)
+    except AttributeError:
+        raise SystemExit(f"error: --hop-comparison needs a model that states its hops (timestamp_hop_ms and "
+                         f"native_hop_ms, as every hear_msm_mae module's does); {loaded.name}.load_model returned "
+                         f"a {type(loaded.model).__name__} without them") from None
 
 
 def hop_comparison(run: List[dict], run_hop_ms: float, native: List[dict], native_ms: float) -> str:
@@ -139,11 +155,17 @@ def hop_comparison(run: List[dict], run_hop_ms: float, native: List[dict], nativ
     lines = ["| task | protocol | timestamp hop | onset F (50 ms) | onset F (200 ms) |", "|---|---|---|---|---|"]
     for hop, results in ((f"{run_hop_ms:g} ms", run), (f"{native_ms:g} ms (native)", native)):
         for r in results:
-            cells = [r["scores"].get(k) for k in ("event_onset_50ms_fms", "event_onset_200ms_fms")]
+            cells = [r["scores"].get(k) for k in ONSET_SCORES]
             if any(cells):
                 text = [f"{c['mean']:.3f} ± {c['std']:.3f}" if c else "–" for c in cells]
                 lines.append(f"| {r['task']} | {r['protocol']} | {hop} | {text[0]} | {text[1]} |")
     return "\n".join(lines) + "\n"
+
+
+def onset_scored_tasks(model_out: Path, tasks: Optional[List[str]]) -> List[str]:
+    """The embedded tasks (of `tasks`, default all) scored with onset F-measures: the hop comparison's."""
+    names = [p.name for p in embedded_task_dirs(model_out) if not tasks or p.name in tasks]
+    return [n for n in names if set(ONSET_SCORES) & set(read_embedded_task(model_out / n).evaluation)]
 
 
 def main(argv=None) -> None:
@@ -153,13 +175,13 @@ def main(argv=None) -> None:
     parser.add_argument("--tiny", action="store_true", help="demo with the tiny synthetic tasks (for tests)")
     parser.add_argument("--tasks-dir", type=Path, help="folder of HEAR task folders")
     parser.add_argument("--tasks", nargs="+", help="task folder names to evaluate (default: all)")
-    parser.add_argument("--module", default="hear_msm_mae", help="HEAR module (default: hear_msm_mae)")
+    parser.add_argument("--module", default=DEMO_MODULE, help=f"HEAR module (default: {DEMO_MODULE})")
     parser.add_argument("--model", default=None, help="model weights for load_model (default: the module's)")
     parser.add_argument("--model-options", default="{}", help="JSON dict of keyword arguments for load_model")
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default=None,
                         help="downstream models (default: both; linear in the demo)")
     parser.add_argument("--hop-comparison", action="store_true",
-                        help="also score event tasks with one timestamp frame per patch column (hear_msm_mae)")
+                        help="also score event tasks with one timestamp frame per patch column")
     parser.add_argument("--grid-points", type=int, default=8, help="HEAR protocol: grid points (default 8)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="HEAR protocol: training seeds 42, 43, ... (default 1: hear-eval-kit's 42)")
@@ -171,28 +193,25 @@ def main(argv=None) -> None:
     options = parse_model_options(args.model_options, args.model)
     if args.seeds < 1 or args.grid_points < 1:
         raise SystemExit("error: --seeds and --grid-points must be at least 1")
-    dist = Dist.from_env()
+    dist = Distributed.start()
     try:
         run(args, options, dist)
+    except (ValueError, FileNotFoundError, DownloadError) as e:  # a task folder, module, model or option that is wrong
+        raise SystemExit(f"error: {e}") from None
     finally:
         dist.close()
 
 
-def run(args, options: dict, dist: Dist) -> None:
+def run(args, options: dict, dist: Distributed) -> None:
     if args.demo:
         from . import synthetic
 
-        if args.module != "hear_msm_mae":
-            raise SystemExit("error: the demo evaluates hear_msm_mae")
-        if args.model is None:
-            try:
-                default_checkpoint()
-            except FileNotFoundError as e:
-                raise SystemExit(f"error: {e}; give the demo a checkpoint with --model") from None
+        if args.module != DEMO_MODULE:
+            raise SystemExit(f"error: the demo evaluates {DEMO_MODULE}")
         tasks_dir = args.out / "tasks"
         mode = "tiny" if args.tiny else "full"
-        if dist.rank == 0 and not all((tasks_dir / f"{name}-{synthetic.VERSION}-{mode}" / "task_metadata.json").exists()
-                                      for name in synthetic.TASKS):
+        if dist.main and not all((tasks_dir / f"{name}-{synthetic.VERSION}-{mode}" / "task_metadata.json").exists()
+                                 for name in synthetic.TASKS):
             synthetic.generate(tasks_dir, tiny=args.tiny)
         dist.barrier()
         protocols = PROTOCOLS[args.protocol or "linear"]
@@ -206,46 +225,39 @@ def run(args, options: dict, dist: Dist) -> None:
         tasks_dir = args.tasks_dir
         protocols = PROTOCOLS[args.protocol or "both"]
         compare_hops = args.hop_comparison
-    if compare_hops and args.module != "hear_msm_mae":
-        raise SystemExit("error: --hop-comparison needs hear_msm_mae (model option timestamp_hop_ms)")
 
-    config = ProtocolConfig(grid_points=args.grid_points, device=str(dist.device()), seeds=seeds(args.seeds),
+    config = ProtocolConfig(grid_points=args.grid_points, device=str(dist.device), seeds=seeds(args.seeds),
                             dtype="bfloat16" if args.fast else args.dtype)
-    embeddings_dir = args.out / "embeddings"
-    name = run_name(args.module, args.model, options)
-    model_out = embed_tasks(args.module, tasks_dir, embeddings_dir, args.model, options, args.tasks)
-    runs = {name: evaluate_embeddings(model_out, args.out / "results" / name, protocols, config, args.tasks, dist)}
-    event_tasks = onset_scored_tasks(model_out, args.tasks) if compare_hops else []
-    run_hop = float(options.get("timestamp_hop_ms", FAMILY.timestamp_hop_ms))
-    native_hop = native_hop_ms(args.model) if event_tasks else run_hop
-    compared = native_hop != run_hop
+    loaded = load_module(args.module, args.model, options, dist.device)
+    run_hop, native_hop = model_hops(loaded) if compare_hops else (None, None)
+    name = run_name(loaded)
+    runs = {name: evaluate_module(loaded, tasks_dir, args.out, protocols, config, args.tasks, dist)}
+    event_tasks = onset_scored_tasks(args.out / "embeddings" / loaded.dir_name, args.tasks) if compare_hops else []
+    del loaded  # one model in memory at a time
+    compared = bool(event_tasks) and native_hop != run_hop
+    native_name = f"{name}, hop {native_hop:g} ms" if compared else None
     if compared:
-        native_options = {**options, "timestamp_hop_ms": native_hop}
-        native_out = embed_tasks(args.module, tasks_dir, embeddings_dir, args.model, native_options, event_tasks)
-        native_name = f"{name}, hop {native_hop:g} ms"
-        runs[native_name] = evaluate_embeddings(
-            native_out, args.out / "results" / run_name(args.module, args.model, native_options), protocols,
-            config, event_tasks, dist)
-    if dist.rank:
+        native = load_module(args.module, args.model, {**options, "timestamp_hop_ms": native_hop}, dist.device)
+        runs[native_name] = evaluate_module(native, tasks_dir, args.out, protocols, config, event_tasks, dist)
+        del native
+    if args.demo:
+        for label, (module, model, reference_options) in reference_runs(args.model).items():
+            reference = load_module(module, model, reference_options, dist.device)
+            runs[label] = evaluate_module(reference, tasks_dir, args.out, protocols, config, args.tasks, dist)
+            del reference
+    if not dist.main:
         return
     if compared:
         with atomic_write(args.out / "timestamp_resolution.md", "w") as f:
             f.write(hop_comparison([r for r in runs[name] if r["task"] in event_tasks], run_hop,
                                    runs[native_name], native_hop))
     save_json(args.out / "results.json", {"run": name, "module": args.module, "model": args.model,
-                                          "model_options": options, "results": runs[name]})
+                                          "model_options": options, "results": runs[name]}, indent=1)
     for kind, path in write_report(runs, args.out).items():
         print(f"{kind}: {path}")
     if compared:
         print(f"timestamp resolution: {args.out / 'timestamp_resolution.md'}")
     print((args.out / "results.md").read_text())
-
-
-def onset_scored_tasks(model_out: Path, tasks: Optional[List[str]]) -> List[str]:
-    """The embedded tasks (of `tasks`, default all) scored with onset F-measures: the hop comparison's."""
-    names = sorted(p.name for p in model_out.iterdir() if (p / DONE_FILE).exists() and (not tasks or p.name in tasks))
-    return [n for n in names if {"event_onset_50ms_fms", "event_onset_200ms_fms"}
-            & set(read_embedded_task(model_out / n).evaluation)]
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
     python -m eval.synthetic --out DIR [--tiny] [--seed 0]
 
 writes four tasks into DIR, each in hear-preprocess's final layout (what the HEAR 2021 task
-tarballs hold, and what hear-eval-kit reads)::
+tarballs hold, and what hear-eval-kit reads; written by eval.tasks.write_task)::
 
     DIR/<task_name>-v1-<mode>/
         task_metadata.json      task_name, version, embedding_type, prediction_type, split_mode,
                                 (nfolds), sample_duration, evaluation, default_mode, mode, splits,
                                 made_from (generator version, seed, the eval.sounds sources and
-                                the package versions), digest (task_digest: "sha256:...")
+                                the package versions), digest (eval.tasks.task_digest: "sha256:...")
         labelvocabulary.csv     idx,label
         <split>.json            {file name: [label, ...]}  (scene)
                                 {file name: [{"label", "start", "end"} (ms), ...]}  (event)
@@ -40,20 +40,17 @@ never leaves a half-written task; an existing task folder of the same name is re
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
-import soundfile
 
 from .sounds import (SAMPLE_RATE, DrumHit, Note, Voice, drum_hits, load_drum_hit, provenance, render_notes,
                      speak_many, speech_voices)
+from .tasks import Example, write_task
 
 VERSION = "v1"
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -66,8 +63,6 @@ PITCHED_PROGRAMS = (0, 1, 2, 4, 5, 6, 11, 12, 16, 17, 19, 21, 24, 25, 26, 27, 40
                     56, 57, 60, 61, 64, 65, 66, 68, 71, 73, 74, 80, 81, 82)
 DRUM_LABELS = ("hihat", "kick", "snare")
 COUNT_LEVEL = 0.04  # speaker-count mixtures' RMS (+-6 dB): low enough that no clip needs limiting
-
-Example = Tuple[np.ndarray, list]  # (audio (S,) float32, labels of the split json)
 
 
 @dataclass(frozen=True)
@@ -276,58 +271,6 @@ TASK_SOUNDS = {"synth_pitch": ("notes",), "synth_words": ("speech",), "synth_spe
                "synth_drum_events": ("drums",)}  # the kinds of eval.sounds source each task is made from
 
 
-# ----------------------------------------------------------------------------------------------
-# Writing a task folder
-
-def label_vocabulary(splits: Dict[str, Dict[str, Example]], embedding_type: str) -> List[str]:
-    labels = set()
-    for examples in splits.values():
-        for _, labelled in examples.values():
-            labels |= {e["label"] for e in labelled} if embedding_type == "event" else set(labelled)
-    return sorted(labels)
-
-
-def task_digest(folder: Path, splits: Sequence[str]) -> str:
-    """sha256 of a task's labels and audio: per split, its labels (<split>.json) and every file's name and
-    16-bit samples, in sorted order. It depends on what the task holds, not on how its files are laid out."""
-    digest = hashlib.sha256()
-    for split in splits:
-        labels = json.loads((folder / f"{split}.json").read_text())
-        digest.update(json.dumps([split, labels], sort_keys=True).encode())
-        for file_name in sorted(labels):
-            samples, rate = soundfile.read(str(folder / str(SAMPLE_RATE) / split / file_name), dtype="int16")
-            digest.update(json.dumps([file_name, rate, len(samples)]).encode())
-            digest.update(samples.astype("<i2").tobytes())
-    return f"sha256:{digest.hexdigest()}"
-
-
-def write_task(out_dir: Path, task_name: str, mode: str, metadata: dict, splits: Dict[str, Dict[str, Example]],
-               made_from: dict) -> Path:
-    """Write one task folder (hear-preprocess layout) atomically; returns its path. Its task_metadata.json
-    ends with `made_from` (what generated it) and `digest` (task_digest of what was written)."""
-    name = f"{task_name}-{VERSION}-{mode}"
-    final, tmp = out_dir / name, out_dir / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for split, examples in splits.items():
-        if not examples:
-            raise ValueError(f"{task_name}: split {split} is empty")
-        audio_dir = tmp / str(SAMPLE_RATE) / split
-        audio_dir.mkdir(parents=True)
-        for file_name, (audio, _) in examples.items():
-            soundfile.write(str(audio_dir / file_name), audio, SAMPLE_RATE, subtype="PCM_16")
-        with open(tmp / f"{split}.json", "w") as f:
-            json.dump({file_name: labels for file_name, (_, labels) in sorted(examples.items())}, f, indent=True)
-    vocabulary = label_vocabulary(splits, metadata["embedding_type"])
-    (tmp / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{label}\n" for i, label in enumerate(vocabulary)))
-    full_metadata = {"task_name": task_name, "version": VERSION, **metadata, "default_mode": "full", "mode": mode,
-                     "splits": list(splits), "made_from": made_from, "digest": task_digest(tmp, list(splits))}
-    with open(tmp / "task_metadata.json", "w") as f:
-        json.dump(full_metadata, f, indent=True)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
-
-
 def generate(out_dir, tiny: bool = False, seed: int = 0, tasks: Sequence[str] = tuple(TASKS)) -> List[Path]:
     """Build the synthetic tasks into `out_dir`; returns the task folders. Same seed, same files."""
     out_dir = Path(out_dir)
@@ -342,7 +285,10 @@ def generate(out_dir, tiny: bool = False, seed: int = 0, tasks: Sequence[str] = 
         metadata, splits = TASKS[task_name](rng, SIZES[mode])
         made_from = {"generator": "eval.synthetic", "generator_version": VERSION, "seed": seed,
                      **provenance(TASK_SOUNDS[task_name])}
-        paths.append(write_task(out_dir, task_name, mode, metadata, splits, made_from))
+        metadata = {"task_name": task_name, "version": VERSION, **metadata, "default_mode": "full", "mode": mode,
+                    "made_from": made_from}
+        sorted_splits = {split: dict(sorted(examples.items())) for split, examples in splits.items()}
+        paths.append(write_task(out_dir / f"{task_name}-{VERSION}-{mode}", metadata, sorted_splits, digest=True))
     return paths
 
 

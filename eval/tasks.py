@@ -1,6 +1,6 @@
-"""Reading HEAR task folders (hear-preprocess layout) and the 19 HEAR 2021 tasks' specifications.
+"""HEAR task folders (hear-preprocess layout): reading, writing, digests; the 19 HEAR 2021 tasks' specifications.
 
-A task folder, as in the HEAR 2021 tarballs and as eval.synthetic writes it::
+A task folder, as in the HEAR 2021 tarballs and as `write_task` writes it::
 
     <folder>/task_metadata.json       task_name, embedding_type (scene|event), prediction_type
                                       (multiclass|multilabel), split_mode (trainvaltest |
@@ -10,11 +10,27 @@ A task folder, as in the HEAR 2021 tarballs and as eval.synthetic writes it::
     <folder>/<split>.json             scene: {file: [label, ...]}; event: {file: [{label, start, end}]} (ms)
     <folder>/<sample_rate>/<split>/<file>
 
-`read_task(folder)` checks all of it (every listed audio file present and readable, every label
-in the vocabulary) and raises one TaskError naming every missing or bad file; `list_tasks(dir)`
-reads every task folder under a directory. `Task.data_splits()` gives the train/valid/test split
-names per fold exactly as hear-eval-kit rotates them: one fold for trainvaltest; for k folds,
-test = fold i, valid = fold i+1 (mod k), train = the rest.
+`read_task(folder, sample_rate)` checks all of it (every listed audio file present and readable, every
+label in the vocabulary) and raises one TaskError naming every missing or bad file; `list_tasks(dir)`
+reads every task folder under a directory. A file name in <split>.json must be a plain name inside its
+split folder: one that is absolute, holds a path separator, '..' or a NUL, or resolves (through a link)
+outside the folder is refused, naming task, split and entry, before any audio is read or anything
+written (`check_file_name`; eval.embedded applies the same to embedding folders).
+
+Sample rates: the audio is read from the folder of the rate asked for when the task has one, else from
+its highest-rate folder (the HEAR 2021 tasks on Zenodo have only 48000/), and `Task.read_audio`
+resamples it on the way as hear-preprocess made its rate folders (hear_msm_mae.audio).
+
+`Task.data_splits()` gives the train/valid/test split names per fold exactly as hear-eval-kit rotates
+them: one fold for trainvaltest; for k folds, test = fold i, valid = fold i+1 (mod k), train = the rest.
+Event records are dicts {"label", "start", "end"} (ms) everywhere (`Events`), as in <split>.json and as
+the event scores take them.
+
+`write_task(folder, metadata, splits)` writes a task folder from audio arrays and labels (the synthetic
+tasks, the benchmarks' derived tasks and the tests' all go through it). Digests: a file's is the sha256 of
+its name, sample rate, channels and samples as read (float32), `AudioDigest`; a task's (`task_digest`,
+which eval.synthetic records in each task's metadata) the sha256 of every split's labels and its files'
+digests (`combine_digests`), so that eval.embed can compute it from the files it reads, as it reads them.
 
 `HEAR2021_TASKS` holds the 19 tasks of the HEAR 2021 leaderboard (`TaskSpec`: folder name of the
 16 kHz tarball, leaderboard column, types, split mode, primary metric and the evaluation list).
@@ -24,13 +40,19 @@ first of its `evaluation` list, as in hear-eval-kit).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import soundfile
+
+from hear_msm_mae.audio import mono_at_rate, read_blocks
 
 SAMPLE_RATE = 16000
 EMBEDDING_TYPES = ("scene", "event")
@@ -39,9 +61,28 @@ SPLIT_MODES = ("trainvaltest", "new_split_kfold", "presplit_kfold")
 TRAINVALTEST = ("train", "valid", "test")
 MAX_LISTED = 20  # problems listed by name in one TaskError
 
+Events = Dict[str, List[dict]]  # file -> its events [{"label": str, "start": ms, "end": ms}, ...]
+Example = Tuple[np.ndarray, list]  # one file to write: (audio (S,) in [-1, 1], its labels as <split>.json holds them)
+
 
 class TaskError(ValueError):
     """A task folder that is missing files or has unreadable/inconsistent ones (all named)."""
+
+
+class AudioDigest:
+    """sha256 of one audio file as read: its name, rate and channels, then its samples (float32, channels
+    interleaved), fed by passing the file's blocks through `through`."""
+
+    def __init__(self, name: str, rate: int, channels: int):
+        self.sha = hashlib.sha256(json.dumps([name, rate, channels]).encode())
+
+    def through(self, blocks):
+        for block in blocks:
+            self.sha.update(np.ascontiguousarray(block, dtype="<f4").tobytes())
+            yield block
+
+    def hexdigest(self) -> str:
+        return f"sha256:{self.sha.hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -112,20 +153,14 @@ class DataSplit:
     test: Tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Event:
-    label: str
-    start: float  # ms
-    end: float  # ms
-
-
 @dataclass
 class Task:
     """A task folder read by `read_task` (checked); split label files are parsed on first use."""
     path: Path
     metadata: dict
     labels: List[str]  # the vocabulary, index = position
-    sample_rate: int = SAMPLE_RATE
+    sample_rate: int = SAMPLE_RATE  # of the audio read_audio returns
+    audio_rate: int = SAMPLE_RATE  # of the folder it reads (module docstring)
     split_labels: Dict[str, dict] = field(default_factory=dict, repr=False)  # split -> raw <split>.json
 
     @property
@@ -178,7 +213,13 @@ class Task:
         return list(self.split_labels[split])
 
     def audio_dir(self, split: str) -> Path:
-        return self.path / str(self.sample_rate) / split
+        return self.path / str(self.audio_rate) / split
+
+    def read_audio(self, split: str, name: str) -> Tuple[np.ndarray, str]:
+        """(one file of a split (S,) float32 mono at `sample_rate`, the digest of the file as read)."""
+        rate, channels, blocks = read_blocks(inside(self.audio_dir(split), name, self.name, split))
+        digest = AudioDigest(name, rate, channels)
+        return mono_at_rate(digest.through(blocks), rate, self.sample_rate), digest.hexdigest()
 
     def audio_paths(self, split: str) -> List[Path]:
         return [self.audio_dir(split) / name for name in self.files(split)]
@@ -189,11 +230,11 @@ class Task:
             raise ValueError(f"{self.name} is an {self.embedding_type} task, not a scene task")
         return {f: [str(label) for label in labels] for f, labels in self.split_labels[split].items()}
 
-    def events(self, split: str) -> Dict[str, List[Event]]:
-        """Event task: file -> its events (start/end in ms)."""
+    def events(self, split: str) -> Events:
+        """Event task: file -> its events, labels as strings, start and end as float ms."""
         if self.embedding_type != "event":
             raise ValueError(f"{self.name} is a {self.embedding_type} task, not an event task")
-        return {f: [Event(str(e["label"]), float(e["start"]), float(e["end"])) for e in events]
+        return {f: [{"label": str(e["label"]), "start": float(e["start"]), "end": float(e["end"])} for e in events]
                 for f, events in self.split_labels[split].items()}
 
     def data_splits(self) -> List[DataSplit]:
@@ -273,6 +314,9 @@ def check_metadata(metadata, path: Path, problems: List[str]) -> bool:
     splits = metadata["splits"]
     if not (isinstance(splits, list) and splits and all(isinstance(s, str) for s in splits)):
         problems.append(f"bad file {path}: splits must be a non-empty list of names")
+    elif any(check_file_name(split) for split in splits):
+        problems.append(f"bad file {path}: split names must be plain folder names, got "
+                        f"{[split for split in splits if check_file_name(split)]}")
     elif metadata["split_mode"] == "trainvaltest" and sorted(splits) != sorted(TRAINVALTEST):
         problems.append(f"bad file {path}: trainvaltest tasks need splits {list(TRAINVALTEST)}, got {splits}")
     elif metadata["split_mode"] != "trainvaltest" and len(splits) < 3:
@@ -282,12 +326,33 @@ def check_metadata(metadata, path: Path, problems: List[str]) -> bool:
     return not problems
 
 
-def check_split_labels(task: Task, split: str, content, problems: List[str]) -> None:
-    """Shape of <split>.json and every label in the vocabulary."""
+def check_file_name(name) -> Optional[str]:
+    """Why a <split>.json key is not a plain file name inside its split folder (None: it is)."""
+    if not isinstance(name, str) or not name:
+        return "is not a file name"
+    if "\0" in name:
+        return "holds a NUL character"
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "is an absolute path"
+    if "/" in name or "\\" in name or os.sep in name:
+        return "holds a path separator"
+    if name == ".":
+        return "is '.'"
+    if ".." in name:
+        return "holds '..'"
+    return None
+
+
+def check_split_labels(task: Task, split: str, content, problems: List[str]) -> bool:
+    """Shape of <split>.json, its file names (`check_file_name`) and every label in the vocabulary; whether
+    its file names are all safe to read."""
     where = task.path / f"{split}.json"
     if not isinstance(content, dict):
         problems.append(f"bad file {where}: must map file names to labels")
-        return
+        return False
+    unsafe = [(name, why) for name in content if (why := check_file_name(name))]
+    for name, why in unsafe:
+        problems.append(f"task {task.name}, split {split}: entry {name!r} {why}; refused")
     vocabulary = task.label_to_idx
     for name, labels in content.items():
         if not isinstance(labels, list):
@@ -303,6 +368,16 @@ def check_split_labels(task: Task, split: str, content, problems: List[str]) -> 
         unknown = [label for label in labels if str(label) not in vocabulary]
         if unknown:
             problems.append(f"bad file {where}: {name} has labels {unknown} not in labelvocabulary.csv")
+    return not unsafe
+
+
+def inside(folder: Path, name: str, task: str, split: str) -> Path:
+    """folder / name, a checked file name; TaskError if it resolves (through a link) outside `folder`."""
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise TaskError(f"task {task}, split {split}: entry {name!r} resolves to {path.resolve()}, outside "
+                        f"{folder}; refused")
+    return path
 
 
 def check_audio(task: Task, split: str, problems: List[str]) -> None:
@@ -310,7 +385,12 @@ def check_audio(task: Task, split: str, problems: List[str]) -> None:
     if not audio_dir.is_dir():
         problems.append(f"missing folder {audio_dir}")
         return
-    for path in task.audio_paths(split):
+    for name in task.files(split):
+        try:
+            path = inside(audio_dir, name, task.name, split)
+        except TaskError as e:
+            problems.append(str(e))
+            continue
         if not path.is_file():
             problems.append(f"missing file {path}")
             continue
@@ -319,13 +399,19 @@ def check_audio(task: Task, split: str, problems: List[str]) -> None:
         except (RuntimeError, soundfile.LibsndfileError) as e:
             problems.append(f"unreadable file {path}: {e}")
             continue
-        if info.samplerate != task.sample_rate or info.frames == 0:
+        if info.samplerate != task.audio_rate or info.frames == 0:
             problems.append(f"bad file {path}: {info.frames} frames at {info.samplerate} Hz, "
-                            f"expected audio at {task.sample_rate} Hz")
+                            f"expected audio at {task.audio_rate} Hz")
+
+
+def rate_folders(path: Path) -> List[int]:
+    """The sample rates a task folder has audio folders for (its numeric sub-folders), sorted."""
+    return sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
 
 
 def read_task(path, sample_rate: int = SAMPLE_RATE, check_audio_files: bool = True) -> Task:
-    """Read and check a task folder; TaskError listing every missing/unreadable/inconsistent file."""
+    """Read and check a task folder whose audio is read at `sample_rate` (from the folder of that rate, else
+    resampled from its highest-rate folder); TaskError listing every missing/unreadable/inconsistent file."""
     path = Path(path)
     if not path.is_dir():
         raise TaskError(f"task folder not found: {path}")
@@ -334,14 +420,15 @@ def read_task(path, sample_rate: int = SAMPLE_RATE, check_audio_files: bool = Tr
     labels = read_vocabulary(path / "labelvocabulary.csv", problems)
     if metadata is None or not check_metadata(metadata, path / "task_metadata.json", problems) or not labels:
         raise_problems(path, problems)
-    task = Task(path, metadata, labels, sample_rate)
+    rates = rate_folders(path)
+    task = Task(path, metadata, labels, sample_rate, sample_rate if sample_rate in rates or not rates else rates[-1])
     for split in task.splits:
         content = read_json(path / f"{split}.json", problems)
         if content is None:
             continue
-        check_split_labels(task, split, content, problems)
+        safe = check_split_labels(task, split, content, problems)
         task.split_labels[split] = content if isinstance(content, dict) else {}
-        if check_audio_files and isinstance(content, dict):
+        if check_audio_files and safe:
             check_audio(task, split, problems)
     raise_problems(path, problems)
     return task
@@ -364,3 +451,89 @@ def list_tasks(tasks_dir, **kwargs) -> List[Task]:
     if not folders:
         raise TaskError(f"no task folders (with a task_metadata.json) in {tasks_dir}")
     return [read_task(folder, **kwargs) for folder in folders]
+
+
+def used_labels(splits: Dict[str, Dict[str, Example]], embedding_type: str) -> List[str]:
+    """The labels the files of `splits` carry, sorted."""
+    labels = set()
+    for examples in splits.values():
+        for _, labelled in examples.values():
+            labels |= {str(e["label"]) for e in labelled} if embedding_type == "event" else set(map(str, labelled))
+    return sorted(labels)
+
+
+def combine_digests(split_labels: Dict[str, dict], file_digests: Dict[str, Dict[str, str]]) -> str:
+    """A task's digest: per split (in the given order) its labels (<split>.json) and, in sorted order, every
+    file's name and `AudioDigest`. It depends on what the task holds, not on how its files are laid out."""
+    digest = hashlib.sha256()
+    for split, labels in split_labels.items():
+        digest.update(json.dumps([split, labels], sort_keys=True).encode())
+        for file_name in sorted(labels):
+            digest.update(json.dumps([file_name, file_digests[split][file_name]]).encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def task_digest(folder, splits: Sequence[str], sample_rate: int = SAMPLE_RATE) -> str:
+    """`combine_digests` of the task folder's labels and of its files in the `sample_rate` folder."""
+    folder = Path(folder)
+    split_labels, file_digests = {}, {}
+    for split in splits:
+        split_labels[split] = json.loads((folder / f"{split}.json").read_text())
+        file_digests[split] = {}
+        for file_name in split_labels[split]:
+            rate, channels, blocks = read_blocks(folder / str(sample_rate) / split / file_name)
+            digest = AudioDigest(file_name, rate, channels)
+            for _ in digest.through(blocks):
+                pass
+            file_digests[split][file_name] = digest.hexdigest()
+    return combine_digests(split_labels, file_digests)
+
+
+def write_task(folder, metadata: dict, splits: Dict[str, Dict[str, Example]], labels: Optional[Sequence[str]] = None,
+               subtype: str = "PCM_16", sample_rate: int = SAMPLE_RATE, digest: bool = False) -> Path:
+    """Write a task folder in hear-preprocess's layout, checked by `read_task`; returns its path.
+
+    metadata: the fields of task_metadata.json (task_name, embedding_type, prediction_type, split_mode,
+    evaluation, ...); "splits" is set to the names of `splits`, in order, and with `digest` the last field
+    is "digest" (`task_digest` of what was written). splits: {split: {file name: (audio (S,), labels)}},
+    files in <split>.json in this order; scene labels [label, ...], event labels [{"label", "start", "end"}]
+    (ms). labels: the vocabulary in idx order (default: the labels used, sorted). subtype: the audio files'
+    (soundfile's name: "PCM_16", as in the HEAR 2021 tarballs, or "FLOAT").
+    The folder is built under a hidden temporary name beside it and renamed when complete (a folder of
+    the same name is replaced), so a killed run never leaves a half-written task.
+    """
+    folder = Path(folder)
+    if metadata.get("embedding_type") not in EMBEDDING_TYPES:
+        raise ValueError(f"{folder.name}: metadata needs an embedding_type in {list(EMBEDDING_TYPES)}, "
+                         f"got {metadata.get('embedding_type')!r}")
+    empty = [split for split, examples in splits.items() if not examples]
+    if empty or not splits:
+        raise ValueError(f"{folder.name}: every split needs files; empty: {empty or 'no splits at all'}")
+    unsafe = [f"split {split}: entry {name!r} {why}" for split, examples in splits.items() for name in examples
+              if (why := check_file_name(name))]
+    if unsafe:
+        raise TaskError(f"task {folder.name}: refused file names: {'; '.join(unsafe)}")
+    vocabulary = list(labels) if labels is not None else used_labels(splits, metadata["embedding_type"])
+    tmp = folder.parent / f".{folder.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for split, examples in splits.items():
+            audio_dir = tmp / str(sample_rate) / split
+            audio_dir.mkdir(parents=True)
+            for file_name, (audio, _) in examples.items():
+                soundfile.write(str(audio_dir / file_name), audio, sample_rate, subtype=subtype)
+            (tmp / f"{split}.json").write_text(json.dumps({name: labelled for name, (_, labelled) in examples.items()},
+                                                          indent=1))
+        (tmp / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{label}\n"
+                                                                          for i, label in enumerate(vocabulary)))
+        full = {**metadata, "splits": list(splits)}
+        if digest:
+            full["digest"] = task_digest(tmp, list(splits), sample_rate)
+        (tmp / "task_metadata.json").write_text(json.dumps(full, indent=1))
+        read_task(tmp, sample_rate)  # a TaskError naming what is inconsistent, before anything is replaced
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder

@@ -1,5 +1,5 @@
 """hear-eval-kit 2021.1.3's own predictions code, asked what it does; run in its pinned environment
-(eval.heareval_env) by tests/heareval_reference.oracle:
+(tests/heareval_env.py) by tests/heareval_reference.oracle:
 
     python tests/heareval_oracle.py COMMAND ARGS.json ANSWER.json
 

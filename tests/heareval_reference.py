@@ -8,7 +8,7 @@
   (heareval.embeddings.task_embeddings, in this process) and a tiny HEAR module written beside them
   (log band energies of 50 ms frames), then marks them complete as its runner does.
 - `oracle(command, args, tmp)`: runs tests/heareval_oracle.py (hear-eval-kit's own predictions code) in its
-  pinned environment (eval.heareval_env) and returns what it wrote.
+  pinned environment (tests/heareval_env.py) and returns what it wrote.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import json
 import sys
 from pathlib import Path
 
+import heareval_env
 import numpy as np
-import soundfile
 
-from eval import heareval_env
+from eval.tasks import write_task
 
 HERE = Path(__file__).resolve().parent
 SR = 16000
@@ -66,15 +66,13 @@ def sound(label: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
     return 0.2 * rng.standard_normal(len(t))
 
 
-def write_task(root: Path, name: str, embedding_type: str, prediction_type: str, splits: list, files: int,
-               seconds: float, seed: int) -> Path:
+def reference_task(root: Path, name: str, embedding_type: str, prediction_type: str, splits: list, files: int,
+                   seconds: float, seed: int) -> Path:
     rng = np.random.default_rng(seed)
-    path = root / name
+    examples = {}
     for split in splits:
-        (path / str(SR) / split).mkdir(parents=True)
-        labels = {}
+        examples[split] = {}
         for i in range(files):
-            file_name = f"{split}_{i:03d}.wav"
             audio = 0.01 * rng.standard_normal(int(seconds * SR))
             if embedding_type == "event":
                 events, start = [], 0.2
@@ -85,28 +83,24 @@ def write_task(root: Path, name: str, embedding_type: str, prediction_type: str,
                     events.append({"label": label, "start": round(start * 1000, 1),
                                    "end": round((start + length) * 1000, 1)})
                     start += length + float(rng.uniform(0.1, 0.5))
-                labels[file_name] = events
+                labels = events
             else:
-                chosen = ([LABELS[rng.integers(3)]] if prediction_type == "multiclass"
+                labels = ([LABELS[rng.integers(3)]] if prediction_type == "multiclass"
                           else [label for label in LABELS if rng.random() < 0.5])
-                for label in chosen:
+                for label in labels:
                     audio += sound(label, seconds, rng)
-                labels[file_name] = chosen
-            soundfile.write(str(path / str(SR) / split / file_name), audio.astype(np.float32), SR, subtype="FLOAT")
-        (path / f"{split}.json").write_text(json.dumps(labels))
-    (path / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{v}\n" for i, v in enumerate(LABELS)))
+            examples[split][f"{split}_{i:03d}.wav"] = (audio.astype(np.float32), labels)
     kfold = splits[0] != "train"
     evaluation = {("event", "multilabel"): ["event_onset_200ms_fms", "segment_1s_er"],
                   ("scene", "multiclass"): ["top1_acc", "mAP", "d_prime", "aucroc"],
                   ("scene", "multilabel"): ["mAP", "d_prime", "aucroc", "top1_acc"]}[embedding_type, prediction_type]
     metadata = {"task_name": name.split("-")[0], "version": "v1", "embedding_type": embedding_type,
                 "prediction_type": prediction_type, "split_mode": "new_split_kfold" if kfold else "trainvaltest",
-                "sample_duration": seconds, "evaluation": evaluation, "mode": "full", "splits": splits,
+                "sample_duration": seconds, "evaluation": evaluation, "mode": "full",
                 "evaluation_params": {"task_specific_param_grid": FAST_GRID}}
     if kfold:
         metadata["nfolds"] = len(splits)
-    (path / "task_metadata.json").write_text(json.dumps(metadata, indent=1))
-    return path
+    return write_task(root / name, metadata, examples, LABELS, subtype="FLOAT")
 
 
 TASKS = {  # name: (embedding type, prediction type, splits, files per split, seconds)
@@ -118,7 +112,7 @@ TASKS = {  # name: (embedding type, prediction type, splits, files per split, se
 
 def write_tasks(root: Path) -> Path:
     for seed, (name, (kind, prediction, splits, files, seconds)) in enumerate(TASKS.items()):
-        write_task(root, name, kind, prediction, splits, files, seconds, seed)
+        reference_task(root, name, kind, prediction, splits, files, seconds, seed)
     return root
 
 

@@ -1,4 +1,5 @@
-"""`python -m eval.run --demo` end to end on the tiny synthetic tasks with the tiny golden checkpoint."""
+"""`python -m eval.run --demo` end to end on the tiny synthetic tasks with the tiny golden checkpoint, beside its
+references; the report's tables."""
 from __future__ import annotations
 
 import csv
@@ -8,8 +9,6 @@ from pathlib import Path
 import pytest
 
 from eval import report, run
-from hear_msm_mae.checkpoint import save_checkpoint
-from hear_msm_mae.model import MAEConfig, MaskedAutoencoder
 
 GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden" / "80x208p16x16_tiny" / "checkpoint-99.pth"
 
@@ -26,7 +25,15 @@ def test_demo_end_to_end(tmp_path, capsys):
     kfold = next(r for r in results if r["task"] == "synth_words-v1-tiny")
     assert [f["test"] for f in kfold["folds"]] == ["fold00", "fold01", "fold02"]
     table = (tmp_path / "results.md").read_text()
-    assert "synth_pitch-v1-tiny" in table and "best HEAR 2021" in table and "hop 160 ms" in table
+    header = table.splitlines()[0]
+    assert header == ("| task | task digest | score | hear_msm_mae-dtype=float32@checkpoint-99 (linear) | "
+                      "hear_msm_mae-dtype=float32@checkpoint-99, hop 160 ms (linear) | random weights (linear) | "
+                      "log-mel statistics (linear) |")  # no reference of HEAR 2021: no empty columns
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[3:] for line in table.splitlines()[2:]}
+    assert all(cell != "–" for name, cells in rows.items() for cell in cells[:1] + cells[2:]), table
+    embedded = sorted(p.name for p in (tmp_path / "embeddings").iterdir())
+    assert embedded == ["eval.baselines-reference=log-mel", "eval.baselines-reference=random-dtype=float32",
+                        "hear_msm_mae-dtype=float32", "hear_msm_mae-dtype=float32-timestamp-hop-ms=160-0"]
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert {row["score"] for row in rows} >= {"pitch_acc", "chroma_acc", "top1_acc", "event_onset_50ms_fms"}
@@ -42,16 +49,6 @@ def test_demo_end_to_end(tmp_path, capsys):
     # a second run reuses embeddings and results: same table
     run.main(["--demo", "--tiny", "--out", str(tmp_path), "--model", str(GOLDEN)])
     assert (tmp_path / "results.md").read_text() == table
-
-
-def test_native_hop_is_the_patch_width(tmp_path):
-    config = MAEConfig(input_size=(80, 96), patch_size=(16, 8), embed_dim=32, depth=1, num_heads=2,
-                       decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=1)
-    path = tmp_path / "p16x8.pth"
-    save_checkpoint(path, MaskedAutoencoder(config), norm_stats=(-5.0, 3.0))
-    assert run.native_hop_ms(str(path)) == 80.0
-    if GOLDEN.exists():
-        assert run.native_hop_ms(str(GOLDEN)) == 160.0
 
 
 def test_run_rejects_bad_arguments(tmp_path):
@@ -87,3 +84,17 @@ def test_leaderboard_references():
     assert (refs["ESC-50"].best_2021, refs["ESC-50"].best_2021_model) == (pytest.approx(0.947499991),
                                                                           "CP-JKU PaSST base")
     assert all(not ref.best_2021_model.startswith("RedRice ced") for ref in refs.values())
+
+
+def test_columns_empty_for_every_task_are_left_out():
+    def result(task: str, score: str = "top1_acc"):
+        return {"task": task, "protocol": "linear", "primary_score": score, "train_seconds": 1.0,
+                "scores": {score: {"mean": 0.5, "std": 0.0}}, "folds": [{}]}
+
+    refs = report.references(report.read_leaderboard())
+    runs = {"a": [result("tfds_crema_d-1.0.0-full"), result("nsynth_pitch-v2.2.3-5h", "pitch_acc")]}
+    hear = report.primary_table(runs, refs)
+    assert list(hear[0]) == ["task", "score", "a (linear)", "wav2vec2", "CREPE", "best HEAR 2021", "MSM-MAE paper"]
+    assert hear[1]["MSM-MAE paper"] == "–" and hear[0]["CREPE"] != "–"  # a column with one score stays
+    synthetic = report.primary_table({"a": [result("synth_words-v1-full")], "b": [result("synth_words-v1-full")]}, refs)
+    assert list(synthetic[0]) == ["task", "score", "a (linear)", "b (linear)"]

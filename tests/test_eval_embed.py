@@ -1,4 +1,5 @@
-"""eval.embed: hear-eval-kit's on-disk format, resumption, torchrun sharding, reading back."""
+"""eval.embed and eval.embedded: hear-eval-kit's on-disk format written, resumed, sharded with torchrun, and read
+back into the split type of the downstream models."""
 from __future__ import annotations
 
 import json
@@ -11,15 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
+import torch
 
 from eval import embed
-from eval.embed import embed_tasks, embedded_task_dirs, labels_at_timestamps, load_split, model_dir_name
+from eval.embed import embed_tasks, load_module
+from eval.embedded import embedded_task_dirs, labels_at_timestamps, load_task_data, model_dir_name, read_audio_digest
+from eval.tasks import task_digest
 from test_eval_tasks import make_task
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = {"dtype": "float32"}
 MODEL_DIR = "hear_msm_mae-dtype=float32"
-RUNNER_ONLY = {"profile.embeddings.json", "embedding-run.json"}  # not part of the task_embeddings format
+RUNNER_ONLY = {"profile.embeddings.json", "embedding-run.json", "audio-digest.json"}  # not part of the
+#                                                                 task_embeddings format, nor *.audio-digest
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +37,16 @@ def tasks_dir(tmp_path_factory) -> Path:
     return root
 
 
-def run(tasks_dir, out, checkpoint, batch_size=2, **kwargs) -> Path:
-    return embed_tasks("hear_msm_mae", tasks_dir, out, str(checkpoint), OPTIONS, batch_size=batch_size, **kwargs)
+def run(tasks_dir, out, checkpoint, batch_size=2, options=OPTIONS) -> Path:
+    loaded = load_module("hear_msm_mae", checkpoint, options, torch.device("cpu"))
+    return embed_tasks(loaded, tasks_dir, out, batch_size=batch_size)
 
 
 def tree(root: Path, exclude=RUNNER_ONLY) -> dict:
     """relative path -> bytes of every file under root, with root's own path made relative."""
     files = {}
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name not in exclude:
+        if path.is_file() and path.name not in exclude and not path.name.endswith(".audio-digest"):
             files[str(path.relative_to(root))] = path.read_bytes().replace(str(root).encode(), b"<ROOT>")
     return files
 
@@ -105,12 +112,13 @@ def test_bytes_equal_heareval_task_embeddings(tasks_dir, embedded, tmp_path, tin
     assert sorted(ours) == sorted(theirs)
     for name in ours:
         assert ours[name] == theirs[name], name
-    # and load_split reads heareval's output (its runner writes .done.embeddings after task_embeddings)
+    # and load_task_data reads heareval's output (its runner writes .done.embeddings after task_embeddings)
     (theirs_root / "event_demo-v0-full" / ".done.embeddings").touch()
-    theirs_split = load_split(theirs_root / "event_demo-v0-full", "test")
-    ours_split = load_split(embedded / MODEL_DIR / "event_demo-v0-full", "test")
-    for a, b in zip(theirs_split.stacked(), ours_split.stacked()):
-        np.testing.assert_array_equal(a, b)
+    theirs_split = load_task_data(theirs_root / "event_demo-v0-full").splits["test"]
+    ours_split = load_task_data(embedded / MODEL_DIR / "event_demo-v0-full").splits["test"]
+    for field in ("embeddings", "targets", "timestamps", "memmap_rows"):
+        np.testing.assert_array_equal(getattr(theirs_split, field), getattr(ours_split, field))
+    assert (theirs_split.filenames, theirs_split.events) == (ours_split.filenames, ours_split.events)
     # heareval's default batch size (84 for 1 s files) differs from ours (2): same numbers regardless
     assert json.loads((embedded / MODEL_DIR / "scene_demo-v0-full" / "profile.embeddings.json").read_text())[
         "batch_size"] == 2
@@ -152,7 +160,7 @@ def test_refuses_to_mix_runs(tasks_dir, embedded):
     from conftest import golden_checkpoint
     other = golden_checkpoint("80x512p16x16_tinycls")
     with pytest.raises(SystemExit, match="was made with"):
-        embed_tasks("hear_msm_mae", tasks_dir, embedded, str(other), OPTIONS)
+        run(tasks_dir, embedded, other)
 
 
 def test_two_process_torchrun_equals_one_process(tasks_dir, embedded, tmp_path, tiny_checkpoint):
@@ -168,35 +176,39 @@ def test_two_process_torchrun_equals_one_process(tasks_dir, embedded, tmp_path, 
     assert tree(sharded) == tree(embedded / MODEL_DIR)
 
 
-def test_load_split(embedded):
+def test_load_task_data(embedded):
+    """Every split of both tasks in the one split type: rows, targets, file of each row, timestamps, events,
+    and the memmap's row order."""
     assert [p.name for p in embedded_task_dirs(embedded / MODEL_DIR)] == ["event_demo-v0-full", "scene_demo-v0-full"]
-    scene = load_split(embedded / MODEL_DIR / "scene_demo-v0-full", "fold01")
+    scene_dir = embedded / MODEL_DIR / "scene_demo-v0-full"
+    scene = load_task_data(scene_dir).splits["fold01"]
     assert scene.filenames == [f"fold01_{i}.wav" for i in range(5)]
     assert scene.embeddings.shape == (5, 960) and scene.embeddings.dtype == np.float32
-    np.testing.assert_array_equal(scene.embeddings[3],
-                                  np.load(embedded / MODEL_DIR / "scene_demo-v0-full/fold01/fold01_3.wav.embedding.npy"))
-    assert scene.labels[:4] == [["a"], ["b"], ["c"], ["a"]]
-    np.testing.assert_array_equal(scene.targets[:3], np.eye(3, dtype=np.float32))
+    np.testing.assert_array_equal(scene.embeddings[3], np.load(scene_dir / "fold01/fold01_3.wav.embedding.npy"))
+    np.testing.assert_array_equal(scene.targets[:3], np.eye(3, dtype=np.float32))  # labels a, b, c, a, b
+    assert scene.timestamps is None and scene.events is None
+    memmap = np.fromfile(scene_dir / "fold01.embeddings.npy", np.float32).reshape(5, 960)
+    np.testing.assert_array_equal(scene.in_memmap_order().embeddings, memmap)
 
-    event = load_split(embedded / MODEL_DIR / "event_demo-v0-full", "valid")
-    assert event.filenames == ["valid_0.wav", "valid_1.wav", "valid_2.wav"]
-    stamps = event.timestamps[0]
-    assert event.embeddings[0].shape == (len(stamps), 960) and np.all(np.diff(stamps) == 40)
+    event_dir = embedded / MODEL_DIR / "event_demo-v0-full"
+    event = load_task_data(event_dir).splits["valid"]
+    stamps = np.asarray(json.loads((event_dir / "valid/valid_0.wav.timestamps.json").read_text()))
+    n = len(stamps)
+    assert event.embeddings.shape == (3 * n, 960) and event.targets.shape == (3 * n, 3)
+    assert np.all(np.diff(stamps) == 40)
+    assert event.filenames == [f"valid_{i}.wav" for i in range(3) for _ in range(n)]
+    np.testing.assert_array_equal(event.timestamps, np.tile(stamps, 3))
     # events of valid_0: a 100-300 ms, b 250-600 ms
     expected = np.stack([[100 <= t < 300.0001, 250 <= t < 600.0001, False] for t in stamps]).astype(np.float32)
-    np.testing.assert_array_equal(event.targets[0], expected)
-    assert event.events["valid_0.wav"][1].label == "b"
-    X, Y, index = event.stacked()
-    assert X.shape == (sum(len(t) for t in event.timestamps), 960) and Y.shape == (X.shape[0], 3)
-    assert index[0] == 0 and index[-1] == 2
-
-    with pytest.raises(ValueError, match="no split 'fold00'"):
-        load_split(embedded / MODEL_DIR / "event_demo-v0-full", "fold00")
+    np.testing.assert_array_equal(event.targets[:n], expected)
+    assert event.events["valid_0.wav"][1] == {"label": "b", "start": 250.0, "end": 600.0}
+    memmap = np.fromfile(event_dir / "valid.embeddings.npy", np.float32).reshape(-1, 960)
+    np.testing.assert_array_equal(event.in_memmap_order().embeddings, memmap)
 
 
-def test_load_split_needs_complete_embeddings(tmp_path):
+def test_load_task_data_needs_complete_embeddings(tmp_path):
     with pytest.raises(FileNotFoundError, match="embeddings incomplete"):
-        load_split(tmp_path, "train")
+        load_task_data(tmp_path)
 
 
 def test_labels_at_timestamps_hand_computed():
@@ -231,13 +243,27 @@ def test_cli_errors_name_the_problem(tmp_path, tiny_checkpoint):
 
 
 def test_refuses_embeddings_of_another_version_of_a_task(tmp_path, tiny_checkpoint):
-    """A task rebuilt with another digest (eval.synthetic records one) is not scored on its old embeddings."""
-    task = make_task(tmp_path / "tasks", "scene-v0-full", files_per_split=2)
-    metadata = json.loads((task / "task_metadata.json").read_text())
-    (task / "task_metadata.json").write_text(json.dumps({**metadata, "digest": "sha256:" + "1" * 64}))
-    options = {"dtype": "float32"}
-    embed_tasks("hear_msm_mae", tmp_path / "tasks", tmp_path / "emb", str(tiny_checkpoint), options)
-    embed_tasks("hear_msm_mae", tmp_path / "tasks", tmp_path / "emb", str(tiny_checkpoint), options)  # same: reused
-    (task / "task_metadata.json").write_text(json.dumps({**metadata, "digest": "sha256:" + "2" * 64}))
-    with pytest.raises(ValueError, match="digest sha256:1+, but .* now has digest sha256:2+"):
-        embed_tasks("hear_msm_mae", tmp_path / "tasks", tmp_path / "emb", str(tiny_checkpoint), options)
+    """A task rebuilt with other audio (eval.synthetic records its digest) is not scored on its old embeddings;
+    the digest beside the embeddings is that of the audio read."""
+    path = make_task(tmp_path / "tasks", "scene-v0-full", files_per_split=2, record_digest=True)
+    recorded = json.loads((path / "task_metadata.json").read_text())["digest"]
+    out = run(tmp_path / "tasks", tmp_path / "emb", tiny_checkpoint)
+    assert read_audio_digest(out / "scene-v0-full") == recorded == task_digest(path, ["train", "valid", "test"])
+    run(tmp_path / "tasks", tmp_path / "emb", tiny_checkpoint)  # the same task: reused
+    rebuilt = make_task(tmp_path / "tasks", "scene-v0-full", files_per_split=2, seed=1, record_digest=True)
+    new = json.loads((rebuilt / "task_metadata.json").read_text())["digest"]
+    with pytest.raises(ValueError, match=f"digest {recorded}, but .* now has digest {new}"):
+        run(tmp_path / "tasks", tmp_path / "emb", tiny_checkpoint)
+
+
+def test_a_task_changed_after_it_was_built_does_not_carry_its_old_digest(tmp_path, tiny_checkpoint):
+    path = make_task(tmp_path / "tasks", "scene-v0-full", files_per_split=2, record_digest=True)
+    recorded = json.loads((path / "task_metadata.json").read_text())["digest"]
+    wav = path / "16000" / "valid" / "valid_1.wav"
+    samples, rate = soundfile.read(str(wav), dtype="int16")
+    samples[100] += 1  # one sample, one LSB
+    soundfile.write(str(wav), samples, rate, subtype="PCM_16")
+    with pytest.raises(ValueError, match=f"records digest {recorded}, but the audio and labels read .* have digest "
+                                         "sha256:[0-9a-f]{64}: its files changed after it was built"):
+        run(tmp_path / "tasks", tmp_path / "emb", tiny_checkpoint)
+    assert not list((tmp_path / "emb").rglob(".done.embeddings"))

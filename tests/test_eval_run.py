@@ -1,4 +1,5 @@
-"""`torchrun -m eval.run`: the downstream stage spread over processes gives a one-process run's results."""
+"""`python -m eval.run` on task folders: torchrun's downstream stage gives a one-process run's results, another
+family's HEAR module, the hop comparison asking the loaded model for its hops."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from heareval_reference import FAST_GRID
 from test_eval_tasks import make_task
 
@@ -23,12 +25,9 @@ def without_times(obj):
 
 def test_torchrun_two_processes_equal_one_process(tmp_path, tiny_checkpoint):
     tasks = tmp_path / "tasks"
-    make_task(tasks, "kfold_scene-v0-full", split_mode="new_split_kfold", files_per_split=6)
-    make_task(tasks, "scene-v0-full", files_per_split=6, seed=1)
-    for task in tasks.iterdir():
-        metadata = json.loads((task / "task_metadata.json").read_text())
-        metadata["evaluation_params"] = {"task_specific_param_grid": FAST_GRID}
-        (task / "task_metadata.json").write_text(json.dumps(metadata))
+    fast = {"task_specific_param_grid": FAST_GRID}
+    make_task(tasks, "kfold_scene-v0-full", split_mode="new_split_kfold", files_per_split=6, evaluation_params=fast)
+    make_task(tasks, "scene-v0-full", files_per_split=6, seed=1, evaluation_params=fast)
     args = ["-m", "eval.run", "--tasks-dir", str(tasks), "--model", str(tiny_checkpoint), "--model-options",
             json.dumps({"dtype": "float32"}), "--protocol", "hear", "--seeds", "2", "--grid-points", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -62,3 +61,34 @@ def test_eval_run_with_another_family(tmp_path):
     (embedded,) = (tmp_path / "out" / "embeddings").iterdir()
     assert embedded.name == "hear_msm_mae.audiomae"
     assert json.loads((embedded / "scene-v0-full" / "train.embedding-dimensions.json").read_text())[1] == 192
+
+
+def test_hop_comparison_asks_the_model_for_its_hops(tmp_path):
+    """AST's grid (a column every 100 ms, timestamps every 50 ms by default): the event task embedded again at
+    the model's native hop, scored beside the run's."""
+    from conftest import FAMILY_CHECKPOINTS, golden_path
+    from eval import run
+
+    tasks = tmp_path / "tasks"
+    make_task(tasks, "events-v0-full", "event", "multilabel", files_per_split=3, seconds=2.0)
+    checkpoint = golden_path(FAMILY_CHECKPOINTS["ast"][1])
+    run.main(["--tasks-dir", str(tasks), "--module", "hear_msm_mae.ast", "--model", str(checkpoint),
+              "--protocol", "linear", "--hop-comparison", "--out", str(tmp_path / "out")])
+    hops = (tmp_path / "out" / "timestamp_resolution.md").read_text()
+    assert "| events-v0-full | linear | 50 ms |" in hops and "| events-v0-full | linear | 100 ms (native) |" in hops
+    native = tmp_path / "out" / "embeddings" / "hear_msm_mae.ast-timestamp-hop-ms=100-0" / "events-v0-full"
+    stamps = json.loads((native / "test" / "test_0.wav.timestamps.json").read_text())
+    assert all(b - a == 100 for a, b in zip(stamps, stamps[1:]))
+
+
+def test_hop_comparison_refuses_a_model_without_hops(tmp_path):
+    """The log-mel reference states no native hop: refused before anything is embedded."""
+    from eval import run
+
+    tasks = tmp_path / "tasks"
+    make_task(tasks, "events-v0-full", "event", "multilabel", files_per_split=2, seconds=2.0)
+    with pytest.raises(SystemExit, match="needs a model that states its hops .* eval.baselines.load_model returned a "
+                                         "LogMelStatistics"):
+        run.main(["--tasks-dir", str(tasks), "--module", "eval.baselines", "--model-options",
+                  '{"reference": "log-mel"}', "--hop-comparison", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "embeddings").exists()

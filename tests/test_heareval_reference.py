@@ -1,5 +1,6 @@
-"""eval.hear_protocol and eval.predict against hear-eval-kit 2021.1.3's own code, run in its pinned environment
-(eval.heareval_env, built by `make test`), on tasks embedded by its own embeddings code."""
+"""eval.hear_protocol, eval.embedded, eval.scoring and eval.predict against hear-eval-kit 2021.1.3's own code, run
+in its pinned environment (tests/heareval_env.py, built by `make test`), on tasks embedded by its own embeddings
+code."""
 from __future__ import annotations
 
 import json
@@ -7,12 +8,17 @@ import math
 import shutil
 from pathlib import Path
 
+import heareval_env
 import numpy as np
 import pytest
+from heareval_reference import FAST_GRID, embed_with_heareval, oracle, write_tasks
+
 from eval import hear_protocol as hp
 from eval import predict
+from eval.embedded import SplitData, TaskData, load_task_data
+from eval.mlp import BatchedMLP
+from eval.scoring import Scorer
 from eval.tasks import Task
-from heareval_reference import FAST_GRID, embed_with_heareval, oracle, write_tasks
 
 
 @pytest.fixture(scope="module")
@@ -50,30 +56,30 @@ def test_training_rows_are_heareval_loader_batches(embedded, tmp_path, monkeypat
     64-row batches, the same in every epoch."""
     task_dir = embedded / task
     theirs = oracle("loader", {"task_dir": str(task_dir), "batch_size": FAST_GRID["batch_size"][0]}, tmp_path)
-    data = hp.load_task_data(task_dir)
+    data = load_task_data(task_dir)
     split = data.task.data_splits()[0]
     assert list(split.train) == theirs["train_splits"]
     epoch = theirs["epochs"][0]
     assert theirs["epochs"][1] == epoch and len(epoch) >= 3
     seen = []  # the training batches the model is given, in order
-    logits = hp.BatchedMLP.logits
+    logits = BatchedMLP.logits
 
     def recording(model, x, train):
         if train:
             seen.append(x.detach().clone())
         return logits(model, x, train)
 
-    monkeypatch.setattr(hp.BatchedMLP, "logits", recording)
+    monkeypatch.setattr(BatchedMLP, "logits", recording)
     hp.run_seed(data, hp.ProtocolConfig(grid_points=1), 42)
     assert len(seen) >= 2 * len(epoch)
     for (x, _), ours in zip(epoch * 2, seen):  # the first fold's first two epochs
         np.testing.assert_array_equal(ours.numpy(), np.asarray(x, dtype=np.float32))
-    rows = hp.training_rows(data, split.train)
+    rows = data.training_rows(split.train)
     batches = hp.batch_slices(len(rows.embeddings), FAST_GRID["batch_size"][0])
     for (x, y), batch in zip(epoch, batches):
         np.testing.assert_array_equal(rows.targets[batch], np.asarray(y, dtype=np.float32))
     # <split>.json order would not have passed
-    assert not np.array_equal(rows.embeddings, hp.concat_splits(data, split.train).embeddings)
+    assert not np.array_equal(rows.embeddings, data.concat(split.train).embeddings)
 
 
 def test_grid_ranking_and_tie_order_as_heareval(tmp_path):
@@ -109,9 +115,9 @@ def test_event_postprocessing_and_its_choice_as_heareval(tmp_path):
                                     "split_mode": "trainvaltest", "splits": ["train", "valid", "test"],
                                     "evaluation": ["event_onset_200ms_fms"],
                                     "evaluation_params": {"event_postprocessing_grid": grid}}, labels)
-    split = hp.SplitData(np.zeros((len(stamps), 1), np.float32), np.zeros((len(stamps), 2), np.float32), filenames,
-                         stamps, target)
-    scorer = hp.Scorer(hp.TaskData(task, {}))
+    split = SplitData(np.zeros((len(stamps), 1), np.float32), np.zeros((len(stamps), 2), np.float32), filenames,
+                      stamps, target)
+    scorer = Scorer(TaskData(task, {}))
     decoder = scorer.decoder(split)
     for probabilities, theirs in zip(cases, answers):
         for option, events in theirs["events"]:
@@ -126,8 +132,6 @@ def test_predict_writes_heareval_runners_scores_file(embedded, tmp_path):
     """eval.predict and `python -m heareval.predictions.runner` on copies of the same folders (hear-eval-kit's
     embeddings; one grid point): test.predicted-scores.json with the same keys and structure, scene and
     event, k-fold and trainvaltest."""
-    from eval import heareval_env
-
     tasks = ["ref_events-v1-full", "ref_scene-v1-full"]
     for side in ("theirs", "ours"):
         for task in tasks:

@@ -1,15 +1,15 @@
-"""hear-eval-kit's predictions code (heareval 2021.1.3) in a pinned environment beside this one.
+"""hear-eval-kit's predictions code (heareval 2021.1.3) in a pinned environment beside this one: test machinery.
 
 heareval's predictions runner needs pytorch-lightning 1.8.6, which needs numpy < 2 and imports neither
 beside this environment's pins. Its environment is a venv whose own site-packages hold only what that
 code pins or needs and current versions break; a .pth file appends this environment's site-packages,
 so torch, scikit-learn, scipy, sed_eval, dcase_util and heareval itself are shared:
 
-    python -m eval.heareval_env DIR        build it (the Makefile's test set-up builds .venv-heareval)
+    python tests/heareval_env.py DIR        build it (the Makefile's test set-up builds .venv-heareval)
 
 It runs with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1: Lightning 1.8 reloads its own checkpoints with torch.load,
-which now defaults to weights_only. The tests (hear-eval-kit's own code as the reference) and
-benchmarks/eval_fidelity.py run their hear-eval-kit side with `run`.
+which now defaults to weights_only. The tests (hear-eval-kit's own code as the reference: heareval_reference.py)
+and benchmarks/eval_fidelity.py run their hear-eval-kit side with `run`.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def environment_python(env: Path = DEFAULT_ENV) -> Path:
     python = Path(env) / "bin" / "python"
     if not (Path(env) / READY_FILE).exists():
         raise FileNotFoundError(f"hear-eval-kit's environment not found at {env}: build it with "
-                                f"`{sys.executable} -m eval.heareval_env {env}` (make test does)")
+                                f"`{sys.executable} {Path(__file__).resolve()} {env}` (make test does)")
     return python
 
 
@@ -74,7 +74,7 @@ def run(args: List[str], env: Path = DEFAULT_ENV, **kwargs) -> subprocess.Comple
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.heareval_env", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tests/heareval_env.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("env", type=Path, nargs="?", default=DEFAULT_ENV, help=f"where (default {DEFAULT_ENV})")
     print(build(parser.parse_args(argv).env))
 
