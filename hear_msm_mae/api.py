@@ -2,6 +2,9 @@
 
 Each family's HEAR module (hear_msm_mae for MSM-MAE, hear_msm_mae.m2d, .audiomae, .ast, .beats)
 binds `load_model` to its family with `bind`; the two embedding functions are the same for all.
+One clip's way: load_model reads the file (checkpoint.py, by its family in families/), builds the
+encoder (encoders/) and wraps it in the engine (embedder.py: front end, units,
+batches, timestamps), which the two embedding functions call after checking the audio.
 """
 from __future__ import annotations
 
@@ -11,21 +14,27 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 
 from .checkpoint import build_encoder, load_checkpoint
-from .embedder import Embedder, EmbedderOptions, resolve_dtype
-from .family import Family, get_family
+from .embedder import Embedder, EmbedderOptions
+from .families import get_family
+from .family import Family
 from .linear import can_pack, pack
+from .precision import resolve_dtype
+from .releases import resolve
 
 
 def load_model(model_file_path: Union[str, Path], device: Optional[Union[str, torch.device]] = None,
                family: Optional[Union[str, Family]] = None, **options) -> Embedder:
     """A checkpoint as a HEAR model, in eval mode, on `device` (GPU when there is one).
 
-    `family`: "msm_mae", "m2d", "audiomae", "ast" or "beats"; None: detected from the file.
+    `model_file_path`: a file, or the name of an official checkpoint file (hear_msm_mae.releases, e.g.
+    "80x512p16x16_paper/checkpoint-100.pth", "BEATs_iter3.pt"), fetched into the cache on first use.
+
+    `family`: "msm_mae", "m2d", "audiomae", "ast", "beats", "dasheng" or "ced"; None: detected from the file.
     `options`: the fields of EmbedderOptions (mode, norm_mean, norm_std, timestamp_hop_ms, dtype,
     batch_tokens, pad_last_unit, freq_pool, layers, layer_pool, scene, unit_frames).
     """
     embedder_options = EmbedderOptions.from_kwargs(**options)
-    checkpoint = load_checkpoint(model_file_path, family, embedder_options.unit_frames)
+    checkpoint = load_checkpoint(resolve(model_file_path), family, embedder_options.unit_frames)
     device = torch.device(device) if device is not None else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder = build_encoder(checkpoint, device=device, dtype=resolve_dtype(embedder_options.dtype, device))

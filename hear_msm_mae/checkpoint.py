@@ -1,15 +1,15 @@
-"""Reading checkpoints safely, by family, and loading them strictly.
+"""Reading checkpoints safely, by family, and loading weights strictly.
 
 Files are read with torch's weights-only unpickler: tensors, plain containers and the few classes
-the official files hold (`argparse.Namespace` in training checkpoints, `pathlib.PosixPath` in
-Audio-MAE's args), nothing that could run code. The file's family (family.py) reads it into a
+the official files hold, each named by the family whose files need it (`Family.safe_globals`:
+`argparse.Namespace` in training checkpoints, `pathlib.PosixPath` in Audio-MAE's args), nothing that
+could run code; a Hugging Face model folder's safetensors weights hold no code at all (hf_folder.py).
+The file's family (families/) reads it into a
 `Checkpoint`: the encoder's configuration and weights in this package's names. Loading is strict:
-every weight the encoder expects must be there with its shape, and nothing else may be left.
+every weight a module expects must be there with its shape, and nothing else may be left.
 """
 from __future__ import annotations
 
-import argparse
-import pathlib
 import pickle
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -17,16 +17,23 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import nn
 
-from .atomic import atomic_write
-from .family import Checkpoint, Family, detect_family, get_family
-from .model import MAEConfig, MaskedAutoencoder
+from . import hf_folder
+from .families import FAMILIES, detect_family, get_family
+from .family import Checkpoint, Family
 
-SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath]
+# every class some family's official files pickle, in the order the families are listed
+SAFE_GLOBALS = list(dict.fromkeys(g for family in FAMILIES.values() for g in family.safe_globals))
 
 
 def read_file(path) -> Dict[str, Any]:
-    """Unpickle `path` with torch's weights-only loader; refuse anything that could run code."""
+    """The contents of checkpoint `path`: a Hugging Face model folder (hf_folder.read), else the unpickled file."""
     path = Path(path)
+    folder = hf_folder.folder_of(path)
+    return read_pickle(path) if folder is None else hf_folder.read(folder, path, read_pickle)
+
+
+def read_pickle(path: Path) -> Dict[str, Any]:
+    """Unpickle `path` with torch's weights-only loader; refuse anything that could run code."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
@@ -36,9 +43,10 @@ def read_file(path) -> Dict[str, Any]:
             # Memory-mapped: only the tensors that are used (e.g. not the decoder) are ever read.
             contents = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: refused to load: it holds Python objects other than tensors, plain containers, "
-                         f"argparse.Namespace and pathlib.PosixPath, and unpickling them could run code. Loader "
-                         f"said: {str(e).splitlines()[0]}") from None
+        allowed = ", ".join(g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+                            for g in SAFE_GLOBALS)
+        raise ValueError(f"{path}: refused to load: it holds Python objects other than tensors, plain containers "
+                         f"and {allowed}, and unpickling them could run code. Loader said: {_refusal(e)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint (corrupted or truncated?): "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -48,27 +56,31 @@ def read_file(path) -> Dict[str, Any]:
     return contents
 
 
+def _refusal(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused (the line of its message between its advice paragraphs)."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.startswith("Check the documentation")]
+    return lines[-1].split(" Please use")[0] if lines else type(error).__name__
+
+
 def load_checkpoint(path, family: Optional[Union[str, Family]] = None, unit_frames: Optional[int] = None
                     ) -> Checkpoint:
     """Read `path` as a checkpoint of `family` (detected from the file when None).
 
-    A file that looks like another family's is refused with an error naming that family.
+    A file that only other families claim is refused with an error naming them.
     `unit_frames`: input width for families whose unit length is free (AST, BEATs).
     """
     path = Path(path)
     contents = read_file(path)
-    found = detect_family(contents)
-    if isinstance(family, str):
-        family = get_family(family)
     if family is None:
-        if found is None:
-            keys = sorted(map(str, contents))[:6]
-            raise ValueError(f"{path}: not a checkpoint of any family this package knows (MSM-MAE, M2D, Audio-MAE, "
-                             f"AST, BEATs); its top-level keys start with {keys}")
-        family = found
-    elif found is not None and found is not family:
-        raise ValueError(f"{path}: this looks like a {found.title} checkpoint, not {family.title}; load it with "
-                         f"{found.module} (or family={found.name!r})")
+        family = detect_family(path, contents)
+    elif isinstance(family, str):
+        family = get_family(family)
+    if not family.looks_like(contents):
+        others = [f for f in FAMILIES.values() if f is not family and f.looks_like(contents)]
+        if others:
+            raise ValueError(f"{path}: this looks like a {' or '.join(f.title for f in others)} checkpoint, not "
+                             f"{family.title}; load it with {' or '.join(f.module for f in others)}")
     checkpoint = family.read(path, contents, unit_frames=unit_frames)
     if unit_frames is not None and unit_frames != checkpoint.grid.unit_frames:
         raise ValueError(f"unit_frames is fixed at {checkpoint.grid.unit_frames} by this {family.title} "
@@ -76,8 +88,10 @@ def load_checkpoint(path, family: Optional[Union[str, Family]] = None, unit_fram
     return checkpoint
 
 
-def _fill(module: nn.Module, state_dict: Dict[str, torch.Tensor], path: Path, config, device, dtype) -> nn.Module:
-    """Load `state_dict` into `module` (built on meta) strictly; errors list what does not fit."""
+def load_strict(module: nn.Module, state_dict: Dict[str, torch.Tensor], what: str, device="cpu",
+                dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Load `state_dict` into `module` (built on the meta device) strictly, on `device` in `dtype`; an error
+    names `what` (the file and its configuration) and lists what does not fit."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -86,7 +100,7 @@ def _fill(module: nn.Module, state_dict: Dict[str, torch.Tensor], path: Path, co
     problems = ([f"missing {missing[:8]}"] if missing else []) + \
                ([f"unexpected {unexpected[:8]}"] if unexpected else []) + wrong_shape[:8]
     if problems:
-        raise ValueError(f"{path}: weights do not fit the configuration {config}: " + "; ".join(problems))
+        raise ValueError(f"{what}: weights do not fit: " + "; ".join(problems))
     # copies: weights allocated once in their final place, never aliasing the memory-mapped file
     module.load_state_dict({k: v.to(device, dtype, copy=True) for k, v in state_dict.items()}, assign=True)
     return module
@@ -97,27 +111,5 @@ def build_encoder(checkpoint: Checkpoint, device="cpu", dtype: torch.dtype = tor
     `device` in `dtype`, in eval mode."""
     with torch.device("meta"):
         encoder = checkpoint.family.encoder(checkpoint.config)
-    return _fill(encoder, checkpoint.state_dict, checkpoint.path, checkpoint.config, device, dtype).eval()
-
-
-def build_model(checkpoint: Checkpoint, decoder: bool = False, device="cpu",
-                dtype: torch.dtype = torch.float32) -> MaskedAutoencoder:
-    """An MSM-MAE MaskedAutoencoder with the checkpoint's weights (and decoder, if asked for)."""
-    if not isinstance(checkpoint.config, MAEConfig):
-        raise ValueError(f"{checkpoint.path}: a {checkpoint.family.title} checkpoint, not an MSM-MAE one")
-    if decoder and not checkpoint.decoder_state_dict:
-        raise ValueError(f"{checkpoint.path}: has no decoder weights (encoder-only checkpoint)")
-    with torch.device("meta"):
-        model = MaskedAutoencoder(checkpoint.config, decoder=decoder)
-    weights = {**checkpoint.state_dict, **(checkpoint.decoder_state_dict if decoder else {})}
-    return _fill(model, weights, checkpoint.path, checkpoint.config, device, dtype)
-
-
-def save_checkpoint(path, model: MaskedAutoencoder, *, norm_stats=None, **extra: Any) -> None:
-    """Write `{'model', 'config', 'norm_stats', **extra}` atomically (temporary file, then rename)."""
-    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    contents = {"model": state_dict, "config": model.config.to_dict(), **extra}
-    if norm_stats is not None:
-        contents["norm_stats"] = {"mean": float(norm_stats[0]), "std": float(norm_stats[1])}
-    with atomic_write(path) as f:
-        torch.save(contents, f)
+    what = f"{checkpoint.path} (configuration {checkpoint.config})"
+    return load_strict(encoder, checkpoint.state_dict, what, device, dtype).eval()

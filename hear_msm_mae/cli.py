@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .family import FAMILY_MODULES
+from .families import FAMILIES
 
 
 def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, help="audio files (any format soundfile reads)")
-    parser.add_argument("--checkpoint", default="", help="checkpoint of any family (default: the bundled MSM-MAE)")
-    parser.add_argument("--family", choices=sorted(FAMILY_MODULES), default=None,
+    parser.add_argument("--checkpoint", default="", help="checkpoint of any family, or an official checkpoint name "
+                        "(hear_msm_mae.releases; default: the bundled MSM-MAE)")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default=None,
                         help="the checkpoint's model family (default: detected from the file)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the .npy files")
     parser.add_argument("--kind", choices=["scene", "timestamp", "both"], default="both")
@@ -39,7 +40,8 @@ def run_embed(args: argparse.Namespace) -> None:
 
     from .api import get_scene_embeddings, get_timestamp_embeddings, load_model
     from .audio import load_audio
-    from .msm_mae import default_checkpoint
+    from .download import DownloadError
+    from .families.msm_mae import default_checkpoint
 
     stems = {}
     for path in args.files:
@@ -54,7 +56,7 @@ def run_embed(args: argparse.Namespace) -> None:
             raise ValueError(f"--options must be a JSON object, got {args.options!r}")
         model = load_model(args.checkpoint or default_checkpoint(), args.device, args.family, mode=args.mode,
                            timestamp_hop_ms=args.hop_ms, dtype=args.dtype, **options)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, DownloadError) as e:
         raise SystemExit(f"error: {e}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     for stem, path in tqdm(stems.items(), desc="embedding", unit="file"):
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_embed_arguments(commands.add_parser("embed", help="scene / timestamp embeddings of audio files"))
     from .pretrain.trainer import add_pretrain_arguments
-    from .visualize import add_visualize_arguments
+    from .pretrain.visualize import add_visualize_arguments
     add_pretrain_arguments(commands.add_parser("pretrain", help="pre-train MSM-MAE on folders of audio"))
     add_visualize_arguments(commands.add_parser("visualize", help="picture of a checkpoint's reconstruction"))
     return parser
@@ -95,7 +97,7 @@ def main(argv=None) -> None:
         from .pretrain.trainer import run_pretraining
         run_pretraining(args)
     elif args.command == "visualize":
-        from .visualize import run_visualize
+        from .pretrain.visualize import run_visualize
         run_visualize(args)
 
 

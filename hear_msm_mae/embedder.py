@@ -5,20 +5,27 @@ model's input width (W frames) -> every unit of every clip through the encoder i
 -> per unit and layer (n, prefix + gf * cols, D) tokens -> one embedding per patch column, its gf
 frequency patches concatenated (gf * D) or averaged (D) -> columns of all units in time order.
 
-The token grid (TokenGrid) is all the engine knows of a model: column c covers frames
-[c * st, c * st + pt) (st = pt for side-by-side patches, less where they overlap, as in AST), a
-unit holds K = (W - pt) // st + 1 columns, and unit u starts at frame u * K * st, so the columns of
-consecutive units continue the same grid.
+The token grid and the encoder contract (grid.py) are all the engine knows of a model: column c
+covers frames [c * st, c * st + pt) (st = pt for side-by-side patches, less where they overlap, as in
+AST), a unit holds K = (W - pt) // st + 1 columns, and unit u starts at frame u * K * st, so the
+columns of consecutive units continue the same grid.
 
 Two modes:
   "default"   fixed normalisation statistics, so a clip's embedding does not depend on its
-              batch-mates; the last unit is only as wide as the columns it needs (the position
-              table cut to that width), unless the option pad_last_unit pads it to the full width,
-              as Audio-MAE's and AST's dataloaders pad every clip to their fixed input length.
-  "reference" the family's original HEAR wrapper (MSM-MAE: the whole batch normalised by its own
-              mean and std, the last unit zero-padded to the full width, padded columns dropped;
-              M2D: as the default mode), with its timestamps: frame starts i * duration / n, one
-              embedding per patch column.
+              batch-mates; every column that covers the clip, a partial last one completed with
+              padding frames; the last unit only as wide as the columns it needs (the position table
+              cut to that width), unless the option pad_last_unit pads it to the full width, as
+              Audio-MAE's and AST's dataloaders pad every clip to their fixed input length.
+  "reference" what the family's own code computes for the clip (family.ReferenceRecipe), one embedding
+              per patch column: MSM-MAE's HEAR wrapper (the whole batch normalised by its own mean and
+              std, the last unit padded, frame-start timestamps i * duration / n), M2D's portable
+              runtime (as the default mode, frame-start timestamps), Audio-MAE's and AST's
+              dataloaders (the clip padded or cut to one unit), BEATs' extract_features (the whole clip
+              in one unit, frames after its last whole column dropped), Dasheng's forward (frames after
+              the last whole column dropped, a dB front end's top_db floor from the whole batch), WavLM's,
+              HuBERT's and wav2vec 2.0's (the whole clip in one unit, its samples after the last whole
+              frame kept in it: the Base models' GroupNorm sees them, `trailing_frames`); or a
+              family's own wrapper over these pieces (family.ReferenceWrapper: CED's HEAR wrapper).
 
 Timestamp embeddings at a hop h finer than the column step st: the features are encoded st / h
 times, each copy shifted by one more hop, and the columns interleaved, so embedding i covers frames
@@ -29,16 +36,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from functools import lru_cache
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .family import Checkpoint, Family, resolve_layers
+from .family import Checkpoint, Family
 from .frontend import build_frontend
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from .grid import Encoder, resolve_layers
+from .precision import DTYPES
 
 
 @dataclass
@@ -91,34 +97,10 @@ class EmbedderOptions:
         return cls(**kwargs)
 
 
-@lru_cache(maxsize=None)
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def fast_dtype(device: torch.device) -> torch.dtype:
-    """The dtype whose matrix products are fast here: bfloat16 on GPUs sm80+ and on CPUs with AMX or
-    avx512_bf16, float16 on GPUs whose tensor cores have no bfloat16 (sm70, sm75), else float32."""
-    if device.type == "cuda":
-        major = torch.cuda.get_device_capability(device)[0]
-        return torch.bfloat16 if major >= 8 else torch.float16 if major >= 7 else torch.float32
-    return torch.bfloat16 if device.type == "cpu" and _cpu_has_fast_bf16() else torch.float32
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """A dtype option ("auto" or a name in DTYPES) on `device`."""
-    return fast_dtype(device) if name == "auto" else DTYPES[name]
-
-
 class Embedder(nn.Module):
     """The model object of the HEAR API: front end + encoder + token grid + embedding options."""
 
-    def __init__(self, encoder: nn.Module, checkpoint: Checkpoint, options: EmbedderOptions):
+    def __init__(self, encoder: Encoder, checkpoint: Checkpoint, options: EmbedderOptions):
         super().__init__()
         family: Family = checkpoint.family
         self.family, self.grid, self.options = family, checkpoint.grid, options
@@ -128,10 +110,12 @@ class Embedder(nn.Module):
         self.sample_rate = self.frontend.sample_rate
         self.frame_ms = self.frontend.hop_length * 1000 / self.sample_rate
         reference = options.mode == "reference"
-        if reference and family.reference is None:
+        recipe = checkpoint.reference or family.reference
+        if reference and recipe is None:
             raise ValueError(f"{family.title} has no reference HEAR wrapper to reproduce; use mode='default'")
-        self.batch_stats = reference and family.reference.batch_norm_stats
-        self.pad_last_unit = family.reference.pad_last_unit if reference else options.pad_last_unit
+        self.reference = recipe if reference else None
+        self.batch_stats = reference and recipe.batch_norm_stats
+        self.pad_last_unit = recipe.pad_last_unit if reference else options.pad_last_unit
         if options.norm_mean is not None:
             self.norm_stats = (float(options.norm_mean), float(options.norm_std))
         else:
@@ -150,18 +134,21 @@ class Embedder(nn.Module):
         per_layer = grid.embed_dim * (grid.freq_patches if self.freq_pool == "concat" else 1)
         self.timestamp_embedding_size = per_layer * (len(self.layers) if options.layer_pool == "concat" else 1)
         self.scene_embedding_size = grid.embed_dim if options.scene == "pooled" else self.timestamp_embedding_size
+        if reference and recipe.wrapper is not None:  # its own outputs (and the options it honours)
+            self.timestamp_embedding_size, self.scene_embedding_size = recipe.wrapper.embedding_sizes(self)
 
         step_ms = grid.column_stride * self.frame_ms
+        own_ms = reference and recipe.timestamp_hop_ms or step_ms  # the reference's own hop
         hop_ms = options.timestamp_hop_ms
         if hop_ms is None:
-            hop_ms = step_ms if reference else family.timestamp_hop_ms
+            hop_ms = own_ms if reference else family.timestamp_hop_ms
+        if reference and hop_ms != own_ms:
+            raise ValueError(f"mode='reference' reproduces the family's own output, one embedding every {own_ms:g} ms; "
+                             f"for timestamp_hop_ms={hop_ms:g} use mode='default'")
         hop_frames = hop_ms / self.frame_ms
-        if hop_frames != int(hop_frames) or hop_frames < 1 or grid.column_stride % int(hop_frames):
+        if hop_frames != int(hop_frames) or hop_frames < 1 or not reference and grid.column_stride % int(hop_frames):
             raise ValueError(f"timestamp_hop_ms must be a multiple of {self.frame_ms:g} ms that divides the "
                              f"{step_ms:g} ms step between patch columns, got {hop_ms}")
-        if reference and hop_ms != step_ms:
-            raise ValueError(f"mode='reference' reproduces the original wrapper's timestamps, one per patch column "
-                             f"({step_ms:g} ms); for timestamp_hop_ms={hop_ms:g} use mode='default'")
         self.hop_frames = int(hop_frames)
 
     @property
@@ -173,15 +160,33 @@ class Embedder(nn.Module):
         """The encoder's dtype (set by load_model from the dtype option)."""
         return next(self.encoder.parameters()).dtype
 
+    @property
+    def timestamp_hop_ms(self) -> float:
+        """The hop of the timestamp embeddings."""
+        return self.hop_frames * self.frame_ms
+
+    @property
+    def native_hop_ms(self) -> float:
+        """The step between patch columns: the hop of one embedding per column."""
+        return self.grid.column_stride * self.frame_ms
+
     # -- waveform -> normalised features ------------------------------------------------------------
 
     def normalised_features(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, F, T), normalised by fixed or per-batch statistics (see the mode)."""
-        x = self.frontend(audio)
+        x = self.frontend(audio, batch_floor=True) if self.reference is not None and self.reference.batch_top_db \
+            else self.frontend(audio)
+        return self.normalise(x)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Features (B, F, T) normalised in place, by the batch's own statistics or fixed ones: floats, or one
+        per feature bin, (F, 1) tensors (a BatchNorm's running statistics)."""
         if self.batch_stats:
             mean, std = x.mean(), x.std()
         else:
             mean, std = self.norm_stats
+            if torch.is_tensor(mean):
+                mean, std = mean.to(x.device), std.to(x.device)
         return x.sub_(mean).div_(self.norm_scale * std)
 
     # -- normalised features -> column embeddings ---------------------------------------------------
@@ -202,13 +207,25 @@ class Embedder(nn.Module):
             return columns[0]
         return torch.cat(columns, dim=-1) if self.options.layer_pool == "concat" else torch.stack(columns).mean(0)
 
-    def unit_tokens(self, columns: int) -> int:
-        """Tokens the encoder sees for a unit of `columns` columns."""
-        return self.grid.num_prefix_tokens + self.grid.freq_patches * columns
+    def column_count(self, frames: int) -> int:
+        """The patch columns embedded for `frames` frames: every column covering them (a partial last one
+        completed with padding frames); in the reference mode as the family's own code does."""
+        g, reference = self.grid, self.reference
+        if reference is not None and reference.whole_columns_only:
+            if frames < g.patch_frames:
+                raise ValueError(f"a clip of {frames} frames is shorter than one patch column ({g.patch_frames} "
+                                 f"frames), which {self.family.title}'s own code cannot embed; mode='default' pads it")
+            columns = (frames - g.patch_frames) // g.column_stride + 1
+        else:
+            columns = g.columns_for(frames)
+        return min(columns, g.unit_columns) if reference is not None and reference.first_unit_only else columns
 
-    def units(self, n_columns: int) -> Iterator[Tuple[int, int, int]]:
-        """(first column, columns, width in frames) of each unit covering columns 0 .. n_columns - 1."""
+    def units(self, n_columns: int, frames: int = 0) -> Iterator[Tuple[int, int, int]]:
+        """(first column, columns, width in frames) of each unit covering columns 0 .. n_columns - 1 of `frames`."""
         g = self.grid
+        if self.reference is not None and self.reference.whole_clip:
+            yield 0, n_columns, max(g.frames_for(n_columns), frames if self.reference.trailing_frames else 0)
+            return
         for first in range(0, n_columns, g.unit_columns):
             columns = min(g.unit_columns, n_columns - first)
             width = g.unit_frames if columns == g.unit_columns or self.pad_last_unit else g.frames_for(columns)
@@ -223,10 +240,10 @@ class Embedder(nn.Module):
         g = self.grid
         n_clips, n_bins, _ = x.shape
         unit_hop = g.unit_columns * g.column_stride  # frames between consecutive unit starts
-        units = list(self.units(n_columns))
+        units = list(self.units(n_columns, x.shape[-1]))
         end = max(first * g.column_stride + width for first, _, width in units)
         x = nn.functional.pad(x, (0, max(0, end - x.shape[-1])), value=self.pad_value)
-        batch = max(1, self.options.batch_tokens // self.unit_tokens(g.unit_columns))  # full units per call
+        batch = max(1, self.options.batch_tokens // self.grid.unit_tokens(g.unit_columns))  # full units per call
         full = [u for u in units if u[2] == g.unit_frames]
         clips_per_call = min(n_clips, batch)
         for c0 in range(0, n_clips, clips_per_call):
@@ -242,7 +259,7 @@ class Embedder(nn.Module):
         for first, columns, width in units[len(full):]:  # the short last unit
             start = first * g.column_stride
             rest = x[:, :, start:start + width].unsqueeze(1)  # (B, 1, F, w)
-            clips_per_call = max(1, self.options.batch_tokens // self.unit_tokens(columns))
+            clips_per_call = max(1, self.options.batch_tokens // self.grid.unit_tokens(columns))
             for c0 in range(0, n_clips, clips_per_call):
                 clips = slice(c0, min(c0 + clips_per_call, n_clips))
                 yield clips, first, rest[clips]
@@ -260,7 +277,7 @@ class Embedder(nn.Module):
 
         The features are encoded whole (every column covering them), however few columns are kept, so
         a column's embedding never depends on how many are asked for."""
-        n_columns = max(self.grid.columns_for(x.shape[-1]), out.shape[1])
+        n_columns = max(self.column_count(x.shape[-1]), out.shape[1])
         for clips, first, emb in self.column_chunks(x, n_columns):
             take = min(emb.shape[1], out.shape[1] - first)
             out[clips, first:first + take] = emb[:, :take]
@@ -268,14 +285,16 @@ class Embedder(nn.Module):
 
     def frame_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised (B, F, T) -> native frame embeddings (B, columns, E), one per patch column."""
-        n = self.grid.columns_for(x.shape[-1])
+        n = self.column_count(x.shape[-1])
         return self.fill_columns(x, x.new_empty(x.shape[0], n, self.timestamp_embedding_size))
 
     def scene_embeddings(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, E): the mean of the native frame embeddings (accumulated chunk by chunk), or with
         scene="pooled" the mean over units of the model's own clip-level output."""
+        if self.reference is not None and self.reference.wrapper is not None:
+            return self.reference.wrapper.scene_embeddings(self, audio)
         x = self.normalised_features(audio)
-        n = self.grid.columns_for(x.shape[-1])
+        n = self.column_count(x.shape[-1])
         total = x.new_zeros(x.shape[0], self.scene_embedding_size)
         if self.options.scene == "pooled":
             counts = x.new_zeros(x.shape[0], 1)
@@ -324,9 +343,16 @@ class Embedder(nn.Module):
         return out, stamps
 
     def reference_timestamp_embeddings(self, audio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The original wrapper's output: native frames at starts i * duration / n (not centres)."""
+        """The family's own output: native frames at the centres of their columns, or at the starts
+        i * duration / n that MSM-MAE's and M2D's wrappers give."""
+        if self.reference.wrapper is not None:
+            return self.reference.wrapper.timestamp_embeddings(self, audio)
         frames = self.frame_embeddings(self.normalised_features(audio))
         n = frames.shape[1]
-        step_s = audio.shape[-1] / self.sample_rate / n
-        stamps = torch.tensor([i * step_s * 1000 for i in range(n)], dtype=torch.float32, device=audio.device)
-        return frames, stamps.repeat(audio.shape[0], 1)
+        if self.reference.timestamps == "starts":
+            step_s = audio.shape[-1] / self.sample_rate / n
+            stamps = torch.tensor([i * step_s * 1000 for i in range(n)], dtype=torch.float32)
+        else:
+            first_ms = (self.grid.patch_frames - 1) / 2 * self.frame_ms + self.frontend.frame_offset_ms
+            stamps = (torch.arange(n, dtype=torch.float64) * self.native_hop_ms + first_ms).float()
+        return frames, stamps.to(audio.device).repeat(audio.shape[0], 1)

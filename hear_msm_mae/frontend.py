@@ -3,7 +3,10 @@
 `LogMelSpectrogram` (MSM-MAE, M2D): 16 kHz, 25 ms periodic Hann window (n_fft 400), 10 ms hop, 80 slaney
 mel bins over 50-8000 Hz with slaney area normalisation, power 2, centred frames with reflect padding,
 then log(x + eps). Frame i is centred on sample i * 160, so a clip of S samples gives S // 160 + 1 frames.
-M2D's 32 kHz releases use the same at 32 kHz: n_fft 800, hop 320, 50-16000 Hz (`LogMelConfig.m2d_32k`).
+M2D's 32 kHz releases use the same at 32 kHz: n_fft 800, hop 320, 50-16000 Hz (families/m2d.py).
+The same class computes torchaudio's `MelSpectrogram` + `AmplitudeToDB(top_db)` (`log="db"`, HTK mel scale
+without area normalisation): 10 log10(max(x, 1e-10)), then every value raised to at least the clip's
+maximum - top_db (torchaudio takes that maximum over the whole batch for (B, F, T) input: `batch_floor`).
 
 `KaldiFbank` (Audio-MAE, AST, BEATs): `torchaudio.compliance.kaldi.fbank` with the options those models
 use, batched and chunked over time. Frame i covers samples [i * hop, i * hop + win) (snip_edges), so a
@@ -14,18 +17,22 @@ Hann window ('hanning') or its 0.85th power ('povey'), zero-pad to the next powe
 power spectrum |rfft|^2, Kaldi's triangular mel banks over 20 Hz - Nyquist (`kaldi.get_mel_banks`), then
 log(max(x, float32 eps)).
 
-Both expose the `FrontEnd` attributes, so callers never need this module's constants.
+`Waveform` (wav2vec 2.0, HuBERT, WavLM, whose convolutions are their own front end): the samples themselves,
+one bin, one frame per sample, each clip optionally standardised over its own samples.
+
+All three expose the `FrontEnd` attributes, so callers never need this module's constants.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Optional, Protocol, Union
 
 import torch
 import torchaudio
 from torch import nn
 
 LOG_EPS = torch.finfo(torch.float32).eps
+DB_AMIN = 1e-10  # torchaudio's AmplitudeToDB clamps powers to this before 10 log10
 
 
 class FrontEnd(Protocol):
@@ -60,10 +67,15 @@ class LogMelConfig:
     n_mels: int = 80
     f_min: float = 50.0
     f_max: float = 8000.0
+    mel_scale: str = "slaney"  # "slaney" (slaney scale, area normalised) or "htk" (htk scale, no normalisation)
+    log: str = "ln"  # "ln": log(x + float32 eps); "db": 10 log10(max(x, 1e-10)) (torchaudio's AmplitudeToDB)
+    top_db: Optional[float] = None  # "db": values below the maximum - top_db are raised to it
 
-    @classmethod
-    def m2d_32k(cls) -> "LogMelConfig":
-        return cls(sample_rate=32000, n_fft=800, hop_length=320, f_max=16000.0)
+    def __post_init__(self):
+        if self.mel_scale not in ("slaney", "htk") or self.log not in ("ln", "db"):
+            raise ValueError(f"mel_scale must be 'slaney' or 'htk' and log 'ln' or 'db', got {self}")
+        if self.top_db is not None and self.log != "db":
+            raise ValueError("top_db needs log='db'")
 
 
 class LogMelSpectrogram(nn.Module):
@@ -82,14 +94,17 @@ class LogMelSpectrogram(nn.Module):
         self.min_samples = config.n_fft // 2 + 1  # reflect padding needs more samples than it pads
         self.register_buffer("window", torch.hann_window(config.n_fft, periodic=True), persistent=False)
         fbank = torchaudio.functional.melscale_fbanks(config.n_fft // 2 + 1, config.f_min, config.f_max,
-                                                      config.n_mels, config.sample_rate, norm="slaney",
-                                                      mel_scale="slaney")
+                                                      config.n_mels, config.sample_rate,
+                                                      norm="slaney" if config.mel_scale == "slaney" else None,
+                                                      mel_scale=config.mel_scale)
         self.register_buffer("mel_fbank", fbank.T.contiguous(), persistent=False)  # (n_mels, n_fft / 2 + 1)
 
     def num_frames(self, num_samples: int) -> int:
         return num_samples // self.hop_length + 1
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, batch_floor: bool = False) -> torch.Tensor:
+        """`batch_floor`: the top_db floor from the maximum of the whole batch (torchaudio's for (B, F, T) input)
+        instead of each clip's."""
         _check_audio(audio, self.min_samples, self.sample_rate)
         n_fft, hop = self.config.n_fft, self.hop_length
         padded = nn.functional.pad(audio.float().unsqueeze(1), (n_fft // 2, n_fft // 2), mode="reflect").squeeze(1)
@@ -100,7 +115,14 @@ class LogMelSpectrogram(nn.Module):
             segment = padded[:, start * hop:(stop - 1) * hop + n_fft]
             spec = torch.stft(segment, n_fft, hop, window=self.window, center=False, return_complex=True)
             power = spec.real ** 2 + spec.imag ** 2  # (B, n_fft / 2 + 1, frames)
-            out[:, :, start:stop] = torch.log(torch.matmul(self.mel_fbank, power) + LOG_EPS)
+            mel = torch.matmul(self.mel_fbank, power)  # (B, n_mels, frames)
+            if self.config.log == "ln":
+                out[:, :, start:stop] = torch.log(mel + LOG_EPS)
+            else:
+                out[:, :, start:stop] = 10 * torch.log10(mel.clamp_(min=DB_AMIN))
+        if self.config.top_db is not None:
+            peak = out.amax() if batch_floor else out.amax(dim=(1, 2), keepdim=True)
+            out = torch.maximum(out, peak - self.config.top_db, out=out)
         return out
 
 
@@ -185,6 +207,43 @@ class KaldiFbank(nn.Module):
         return out
 
 
-def build_frontend(config: Union[LogMelConfig, KaldiFbankConfig]) -> nn.Module:
+@dataclass(frozen=True)
+class WaveformConfig:
+    sample_rate: int = 16000
+    min_samples: int = 400  # the encoder's receptive field: its first frame needs this many samples
+    normalize_eps: Optional[float] = None  # each clip to (x - mean) / sqrt(biased var + eps); None: the raw samples
+
+
+class Waveform(nn.Module):
+    """(B, S) float waveform -> (B, 1, S) float32: one bin, one frame per sample (hop 1).
+
+    With `normalize_eps`, each clip is standardised over its own samples, as the releases trained on
+    normalised audio expect: F.layer_norm(clip, clip.shape) (eps 1e-5: fairseq, WavLM), or Hugging Face's feature
+    extractor (eps 1e-7). Sample i spans [i, i + 1) / sample_rate, so its centre is half
+    a sample in (frame_offset_ms) and samples [a, b) are centred at (a + b) / 2 / sample_rate.
+    """
+
+    hop_length = 1
+    n_bins = 1
+
+    def __init__(self, config: WaveformConfig = WaveformConfig()):
+        super().__init__()
+        self.config, self.sample_rate, self.min_samples = config, config.sample_rate, config.min_samples
+        self.frame_offset_ms = 500 / config.sample_rate
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        _check_audio(audio, self.min_samples, self.sample_rate)
+        if self.config.normalize_eps is None:  # a copy: the engine normalises its features in place
+            return audio.to(torch.float32, copy=True).unsqueeze(1)
+        audio = audio.float()
+        return nn.functional.layer_norm(audio, audio.shape[-1:], eps=self.config.normalize_eps).unsqueeze(1)
+
+
+def build_frontend(config: Union[LogMelConfig, KaldiFbankConfig, WaveformConfig]) -> nn.Module:
     """The front end a configuration names."""
+    if isinstance(config, WaveformConfig):
+        return Waveform(config)
     return LogMelSpectrogram(config) if isinstance(config, LogMelConfig) else KaldiFbank(config)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-import torchaudio
 
 import hear_msm_mae
+from hear_msm_mae.audio import mono_at_rate
 from hear_msm_mae.cli import main
 
 
@@ -27,7 +27,7 @@ def test_embed_a_44k_stereo_wav(tiny_checkpoint, tmp_path):
     main(["embed", str(tmp_path / "song.wav"), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
           "--dtype", "float32", "--device", "cpu"])
     model = hear_msm_mae.load_model(tiny_checkpoint, device="cpu", dtype="float32")
-    mono16k = torchaudio.functional.resample(torch.from_numpy(audio.mean(axis=1)), 44100, 16000).unsqueeze(0)
+    mono16k = torch.from_numpy(mono_at_rate([audio], 44100, 16000)).unsqueeze(0)  # as hear-preprocess resampled
     expected_scene = hear_msm_mae.get_scene_embeddings(mono16k, model)[0].numpy()
     expected_frames, expected_ms = hear_msm_mae.get_timestamp_embeddings(mono16k, model)
     np.testing.assert_allclose(np.load(out / "song.scene.npy"), expected_scene, rtol=1e-5, atol=1e-5)
@@ -67,7 +67,7 @@ def test_embed_with_another_family(tmp_path, family):
           "--dtype", "float32", "--device", "cpu", "--options", '{"layers": [-2, -1]}']
          + (["--family", family] if family else []))
     model = load_model(checkpoint, "cpu", dtype="float32", layers=[-2, -1])
-    mono16k = torchaudio.functional.resample(torch.from_numpy(audio.mean(axis=1)), 22050, 16000).unsqueeze(0)
+    mono16k = torch.from_numpy(mono_at_rate([audio], 22050, 16000)).unsqueeze(0)
     np.testing.assert_allclose(np.load(out / "song.scene.npy"), get_scene_embeddings(mono16k, model)[0].numpy(),
                                rtol=1e-5, atol=1e-5)
     assert np.load(out / "song.scene.npy").shape == (2 * 192,)

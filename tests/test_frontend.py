@@ -7,6 +7,7 @@ import torch
 import torchaudio
 
 from conftest import GOLDEN, GOLDEN_CASES
+from hear_msm_mae.families.m2d import FRONTEND_32K
 from hear_msm_mae.frontend import LOG_EPS, KaldiFbank, KaldiFbankConfig, LogMelConfig, LogMelSpectrogram
 
 AUDIO_MAE_AST = KaldiFbankConfig(window_type="hanning", subtract_clip_mean=True)
@@ -14,7 +15,7 @@ BEATS = KaldiFbankConfig(window_type="povey", input_scale=2.0 ** 15)
 CONFIGS = [AUDIO_MAE_AST, KaldiFbankConfig(window_type="hanning"), BEATS]
 
 
-@pytest.mark.parametrize("config", [LogMelConfig(), LogMelConfig.m2d_32k()], ids=["16k", "m2d_32k"])
+@pytest.mark.parametrize("config", [LogMelConfig(), FRONTEND_32K], ids=["16k", "m2d_32k"])
 def test_chunked_equals_torchaudio_in_one_piece(config):
     audio = torch.randn(2, 2 * config.sample_rate + 123, generator=torch.Generator().manual_seed(0)) * 0.1
     reference = torchaudio.transforms.MelSpectrogram(
@@ -130,3 +131,24 @@ def test_kaldi_fbank_golden_features(case):
     features = (KaldiFbank(BEATS)(audio).transpose(1, 2) - 15.41663) / (2 * 6.55582)  # (n, T, 128), not padded
     torch.testing.assert_close(features, torch.from_numpy(golden_arrays("beats_tiny")[f"{case}.features"]),
                                rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("config", [
+    LogMelConfig(n_fft=1024, n_mels=64, f_min=60.0, f_max=7800.0, mel_scale="htk", log="db", top_db=80.0),  # ATST
+    LogMelConfig(n_fft=512, n_mels=64, f_min=0.0, f_max=8000.0, mel_scale="htk", log="db", top_db=120.0),  # Dasheng
+], ids=["atst", "dasheng_ced"])
+def test_db_mel_equals_torchaudio_with_the_floor_per_clip_or_per_batch(config):
+    """torchaudio's MelSpectrogram + AmplitudeToDB(top_db): on (B, 1, F, T) the floor is each clip's maximum
+    - top_db, on (B, F, T) the whole batch's; a silent stretch beside a loud clip shows the difference."""
+    reference = torch.nn.Sequential(
+        torchaudio.transforms.MelSpectrogram(config.sample_rate, n_fft=config.n_fft, win_length=config.n_fft,
+                                             hop_length=config.hop_length, f_min=config.f_min, f_max=config.f_max,
+                                             n_mels=config.n_mels),
+        torchaudio.transforms.AmplitudeToDB(top_db=config.top_db))
+    audio = torch.randn(3, 50000, generator=torch.Generator().manual_seed(0)) * torch.tensor([[1e-3], [1.0], [1e2]])
+    audio[0, :20000] = 0.0
+    ours = LogMelSpectrogram(config, chunk_frames=100)  # several chunks
+    per_clip, per_batch = reference(audio.unsqueeze(1))[:, 0], reference(audio)
+    assert float((per_clip - per_batch).abs().max()) > 10  # the case shows the difference
+    assert float((ours(audio) - per_clip).abs().max()) < 1e-4
+    assert float((ours(audio, batch_floor=True) - per_batch).abs().max()) < 1e-4

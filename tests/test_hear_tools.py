@@ -5,14 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAMILY_CHECKPOINTS, golden_path
+from conftest import FAMILIES, FAMILY_CHECKPOINTS, golden_path
 
 BIN = Path(sys.executable).parent
+DEFAULT_HOPS_MS = {"ast": "50.0", "wavlm": "20.0", "hubert": "20.0", "wav2vec2": "20.0"}  # by family, where not 40 ms
 
 
-@pytest.mark.parametrize("name", [None, *sorted(FAMILY_CHECKPOINTS)])
+@pytest.mark.parametrize("name", [None, *FAMILIES])
 def test_hear_validator_looks_good(name, tmp_path):
-    """Every family's HEAR module on every official layout, and hear_msm_mae with no --model (the bundled default)."""
+    """Every family's HEAR module (on one official layout each: every layout's loading is tested in
+    test_checkpoint.py, its outputs in test_engine.py), and hear_msm_mae with no --model (the bundled default)."""
     validator = BIN / "hear-validator"
     if not validator.exists():
         pytest.skip("hear-validator is not installed (pip install --no-deps -r requirements/hear-tools.txt)")
@@ -30,42 +32,34 @@ def test_hear_validator_looks_good(name, tmp_path):
     warnings = [line for line in output.splitlines() if "UserWarning" in line]
     # The validator always prints one reminder about rounding drift; nothing else may warn.
     assert all("IMPORTANT: A common bug" in line for line in warnings), warnings
-    hop = "50.0" if name == "ast" else "40.0"
+    hop = DEFAULT_HOPS_MS.get(FAMILY_CHECKPOINTS.get(name, ("msm_mae",))[0], "40.0")
     assert f"Max interval between timestamps is {hop}ms" in output
 
 
 def write_tiny_scene_task(root: Path) -> Path:
     """A two-class scene task in hear-preprocess's layout: tones vs noise, 1.5 s each."""
-    import json
-
     import numpy as np
-    import soundfile
 
-    task = root / "tones_or_noise-v1-full"
+    from eval.tasks import write_task
+
     rng = np.random.default_rng(0)
     t = np.arange(24000) / 16000
     splits = {}
     for split, count in (("train", 4), ("valid", 2), ("test", 2)):
-        (task / "16000" / split).mkdir(parents=True)
-        labels = {}
+        splits[split] = {}
         for i in range(count):
-            name, label = f"{split}_{i}.wav", ["tone", "noise"][i % 2]
+            label = ["tone", "noise"][i % 2]
             audio = 0.3 * np.sin(2 * np.pi * 440 * (i + 1) * t) if label == "tone" else 0.1 * rng.standard_normal(len(t))
-            soundfile.write(task / "16000" / split / name, audio.astype(np.float32), 16000, subtype="PCM_16")
-            labels[name] = [label]
-        (task / f"{split}.json").write_text(json.dumps(labels))
-        splits[split] = labels
-    (task / "labelvocabulary.csv").write_text("idx,label\n0,noise\n1,tone\n")
-    (task / "task_metadata.json").write_text(json.dumps({
+            splits[split][f"{split}_{i}.wav"] = (audio.astype(np.float32), [label])
+    return write_task(root / "tones_or_noise-v1-full", {
         "task_name": "tones_or_noise", "version": "v1", "embedding_type": "scene", "prediction_type": "multiclass",
-        "split_mode": "trainvaltest", "sample_duration": 1.5, "evaluation": ["top1_acc"], "mode": "full",
-        "splits": ["train", "valid", "test"]}))
-    return task
+        "split_mode": "trainvaltest", "sample_duration": 1.5, "evaluation": ["top1_acc"], "mode": "full"}, splits)
 
 
 @pytest.mark.parametrize("module, name, options", [
     ("hear_msm_mae", "msm_mae", {"dtype": "float32", "mode": "reference"}),
     ("hear_msm_mae.beats", "beats", {"dtype": "float32"}),
+    ("hear_msm_mae.hubert", "hubert_large", {"dtype": "float32"}),  # a Hugging Face folder, normalised waveforms
 ])
 def test_heareval_embeddings_runner(tmp_path, module, name, options):
     """hear-eval-kit's own embeddings runner with a family's HEAR module: the files hold our embeddings."""

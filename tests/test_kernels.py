@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hear_msm_mae.embedder import fast_dtype, resolve_dtype
+from hear_msm_mae.precision import fast_dtype, resolve_dtype
 from hear_msm_mae.linear import Linear, can_pack, pack
-from hear_msm_mae.vit import SHORT_ATTENTION_TOKENS, Block, attention
+from hear_msm_mae.encoders.vit import SHORT_ATTENTION_TOKENS, Block, attention
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_packed_linear_equals_the_separate_operations(dtype, tol):

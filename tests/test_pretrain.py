@@ -18,7 +18,7 @@ import torch
 import hear_msm_mae
 from hear_msm_mae.checkpoint import load_checkpoint, read_file
 from hear_msm_mae.cli import main as cli_main
-from hear_msm_mae.model import MAEConfig, MaskedAutoencoder
+from hear_msm_mae.pretrain.mae import MAEConfig, MaskedAutoencoder
 from hear_msm_mae.pretrain.data import CropDataset, build_cache
 from hear_msm_mae.pretrain.trainer import PretrainConfig, Trainer, train
 
@@ -171,7 +171,7 @@ def test_saved_model_round_trips_through_load_model(audio_dir, cache_dir, tmp_pa
     audio = torch.from_numpy(soundfile.read(str(sorted(audio_dir.glob("*.wav"))[0]))[0]).float()
     scene = hear_msm_mae.get_scene_embeddings(torch.randn(2, 16000) * 0.1, embedder)
     assert scene.shape == (2, 5 * 192) and torch.isfinite(scene).all() and audio.numel() > 0
-    assert load_checkpoint(run / "checkpoint-last.pth").config == model.config
+    assert load_checkpoint(run / "checkpoint-last.pth").config == model.config.encoder
 
 
 def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(audio_dir, cache_dir, tmp_path):
@@ -245,7 +245,7 @@ def test_installed_package_finds_its_default_checkpoint(tmp_path):
             shutil.copy2(REPO / name, clone / name)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(clone)], check=True, capture_output=True, timeout=300)
-    code = ("import hear_msm_mae, torch; from hear_msm_mae.msm_mae import default_checkpoint; "
+    code = ("import hear_msm_mae, torch; from hear_msm_mae import default_checkpoint; "
             "m = hear_msm_mae.load_model(); "
             "print(hear_msm_mae.__file__, default_checkpoint(), "
             "hear_msm_mae.get_scene_embeddings(torch.zeros(1, 16000), m).shape[1])")
@@ -254,4 +254,5 @@ def test_installed_package_finds_its_default_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     module, checkpoint, size = result.stdout.split()
     assert module.startswith(str(target)) and checkpoint.startswith(str(target))
-    assert int(size) == load_checkpoint(REPO / "checkpoints" / "msm_mae_default.pth").config.frame_embedding_size
+    grid = load_checkpoint(REPO / "checkpoints" / "msm_mae_default.pth").grid
+    assert int(size) == grid.freq_patches * grid.embed_dim

@@ -35,13 +35,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..atomic import atomic_write
-from ..checkpoint import read_file, save_checkpoint
-from ..embedder import DTYPES, resolve_dtype
-from ..model import MODEL_SIZES, MAEConfig, MaskedAutoencoder
-from ..visualize import save_reconstruction_png
+from ..checkpoint import read_file
+from ..distributed import Distributed
+from ..families.msm_mae import vit_config
+from ..precision import DTYPES, resolve_dtype
 from .data import CropDataset, build_cache, crop_unit, norm_stats
-
-MODEL_FIELDS = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+from .mae import MODEL_SIZES, MAEConfig, MaskedAutoencoder
+from .visualize import save_reconstruction_png
 
 
 @dataclass
@@ -98,10 +98,12 @@ class PretrainConfig:
         self.model_config()  # a bad size or patch fails here, before any audio is converted
 
     def model_config(self) -> MAEConfig:
-        sizes = dict(MODEL_SIZES[self.model])
-        sizes.update({k: getattr(self, k) for k in MODEL_FIELDS if getattr(self, k) is not None})
-        return MAEConfig(input_size=self.input_size, patch_size=self.patch_size, use_cls_token=self.use_cls_token,
-                         norm_pix_loss=self.norm_pix_loss, **sizes)
+        encoder, decoder = (dict(sizes) for sizes in MODEL_SIZES[self.model])
+        for sizes in (encoder, decoder):
+            sizes.update({k: getattr(self, k) for k in sizes if getattr(self, k) is not None})
+        return MAEConfig(vit_config(input_size=self.input_size, patch_size=self.patch_size,
+                                    use_cls_token=self.use_cls_token, **encoder),
+                         norm_pix_loss=self.norm_pix_loss, **decoder)
 
     def to_args(self) -> argparse.Namespace:
         """The checkpoint's 'args', as the official ones: plain values, `model` naming the architecture."""
@@ -111,41 +113,9 @@ class PretrainConfig:
         return argparse.Namespace(**values)
 
 
-# -- distributed set-up ------------------------------------------------------------------------------
-
-@dataclass
-class Runtime:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def start_runtime(config: PretrainConfig) -> Runtime:
-    """Join the torchrun process group if there is one (nccl on GPU, gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if config.device is not None:
-        device = torch.device(config.device)
-    else:
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(rank, world_size, device)
-
-
 # -- data --------------------------------------------------------------------------------------------
 
-def prepare_dataset(config: PretrainConfig, runtime: Runtime) -> dict:
+def prepare_dataset(config: PretrainConfig, runtime: Distributed) -> dict:
     """RUN/dataset.json: made once by rank 0 (cache conversion, statistics), then read by every rank."""
     path = Path(config.out) / "dataset.json"
     if runtime.main and not path.is_file():
@@ -196,7 +166,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_factor: float)
     return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def gather_rng_states(runtime: Runtime) -> List[torch.Tensor]:
+def gather_rng_states(runtime: Distributed) -> List[torch.Tensor]:
     """Every rank's torch RNG state (CPU, then CUDA where used), collected on all ranks."""
     state = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(runtime.device)]
                                        if runtime.device.type == "cuda" else [])
@@ -213,14 +183,14 @@ class Trainer:
     def __init__(self, config: PretrainConfig):
         self.config = config
         self.out = Path(config.out)
-        self.runtime = start_runtime(config)
+        self.runtime = Distributed.start(config.device)  # joins torchrun's process group, if any
         rt = self.runtime
         if rt.main:
             self.out.mkdir(parents=True, exist_ok=True)
         self.dataset_info = prepare_dataset(config, rt)
         self.norm_stats = (self.dataset_info["mean"], self.dataset_info["std"])
         self.model_config = config.model_config()
-        self.dataset = CropDataset(self.dataset_info["train"], self.model_config.input_size[1],
+        self.dataset = CropDataset(self.dataset_info["train"], self.model_config.encoder.input_size[1],
                                    *self.norm_stats, seed=config.seed)
         self.sampler = DistributedSampler(self.dataset, rt.world_size, rt.rank, shuffle=True,
                                           seed=config.seed, drop_last=True)
@@ -254,7 +224,7 @@ class Trainer:
         if not path.is_file():
             return
         state = read_file(path)
-        stored = MAEConfig(**state["config"])
+        stored = MAEConfig.from_dict(state["config"])
         if stored != self.model_config:
             raise ValueError(f"{path} holds a run of a different model ({stored}); this command asks for "
                              f"{self.model_config}. Use another --out or the original options.")
@@ -282,7 +252,7 @@ class Trainer:
             extra.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          scaler=self.scaler.state_dict(), rng=rng)
         if self.runtime.main:
-            save_checkpoint(path, self.model, norm_stats=self.norm_stats, **extra)
+            self.model.save(path, norm_stats=self.norm_stats, **extra)
 
     # -- logging and pictures (rank 0) --
 
@@ -315,7 +285,8 @@ class Trainer:
         lr_axis = ax.twinx()
         lr_axis.plot(steps, [r["lr"] for r in records], color="C1", linewidth=0.8)
         lr_axis.set_ylabel("learning rate", color="C1")
-        ax.set_title(f"{self.out.name}: {self.model_config.embed_dim}-d, depth {self.model_config.depth}, "
+        encoder = self.model_config.encoder
+        ax.set_title(f"{self.out.name}: {encoder.embed_dim}-d, depth {encoder.depth}, "
                      f"batch {self.config.batch_size * self.runtime.world_size}", fontsize=9)
         fig.tight_layout()
         with atomic_write(self.out / "loss.png") as f:
@@ -323,7 +294,7 @@ class Trainer:
         plt.close(fig)
 
     def write_reconstructions(self, epoch: int) -> None:
-        units, names = holdout_units(self.dataset_info, self.model_config.input_size[1])
+        units, names = holdout_units(self.dataset_info, self.model_config.encoder.input_size[1])
         with torch.autocast(self.runtime.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             save_reconstruction_png(self.out / f"recon-epoch{epoch}.png", self.model, units.to(self.runtime.device),
                                     names, self.config.mask_ratio, seed=self.config.seed, title=f"epoch {epoch}")
@@ -452,7 +423,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=sorted(MODEL_SIZES), default=defaults["model"])
     parser.add_argument("--input-size", type=_size, default=defaults["input_size"], help="FxT, e.g. 80x208")
     parser.add_argument("--patch-size", type=_size, default=defaults["patch_size"], help="e.g. 16x16")
-    for name in MODEL_FIELDS:
+    for name in (name for sizes in MODEL_SIZES["base"] for name in sizes):
         parser.add_argument("--" + name.replace("_", "-"), type=int, help=f"override the size's {name}")
     parser.add_argument("--use-cls-token", action="store_true")
     parser.add_argument("--mask-ratio", type=float, default=defaults["mask_ratio"])

@@ -1,75 +1,75 @@
-"""MSM-MAE: a ViT masked autoencoder over patches of a log-mel spectrogram, for pre-training.
+"""MSM-MAE's pre-training model: a ViT masked autoencoder over patches of a log-mel spectrogram.
 
-The encoder is the shared VisionTransformer (vit.py) with MSM-MAE's query/value biases; the decoder
-reconstructs the masked patches. Parameter names and shapes follow the official MSM-MAE
-checkpoints, so their state dicts load as they are. A spectrogram unit (N, 1, F, T) is cut into
-(F/pf) x (T/pt) patches, ordered frequency-major: patch index = f * (T/pt) + t.
+The encoder is the shared VisionTransformer (encoders/vit.py) with MSM-MAE's query/value biases
+(families/msm_mae.py: `vit_config`); the light decoder reconstructs the masked patches. Parameter
+names and shapes follow the official MSM-MAE checkpoints, so their state dicts load as they are. A
+spectrogram unit (N, 1, F, T) is cut into (F/pf) x (T/pt) patches, ordered frequency-major: patch
+index = f * (T/pt) + t.
+
+Files: `MaskedAutoencoder.load` reads any MSM-MAE checkpoint (families/msm_mae.py reads its encoder;
+the decoder's widths come from this package's stored config, else from the decoder's weights), and
+`save` writes this package's layout {'model', 'config' (MAEConfig.to_dict), 'norm_stats', ...}.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from .vit import Block, ViTConfig, VisionTransformer
+from ..atomic import atomic_write
+from ..checkpoint import load_checkpoint, load_strict
+from ..families import msm_mae
+from ..family import Checkpoint
+from ..encoders.vit import Block, ViTConfig, VisionTransformer
 
 
 @dataclass(frozen=True)
 class MAEConfig:
-    input_size: Tuple[int, int] = (80, 208)  # (mel bins, frames) of one input unit
-    patch_size: Tuple[int, int] = (16, 16)  # (mel bins, frames) of one patch
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
+    encoder: ViTConfig = field(default_factory=msm_mae.vit_config)  # ViT-Base over 80 x 208 units
     decoder_embed_dim: int = 384
     decoder_depth: int = 4
     decoder_num_heads: int = 6
-    mlp_ratio: float = 4.0
-    use_cls_token: bool = False
-    norm_pix_loss: bool = False
+    norm_pix_loss: bool = False  # per-patch normalised reconstruction targets
 
     def __post_init__(self):
-        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
-        object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
-        for size, patch, what in zip(self.input_size, self.patch_size, ("mel bins", "frames")):
-            if patch <= 0 or size % patch:
-                raise ValueError(f"patch size {self.patch_size} does not divide input size {self.input_size} ({what})")
-        for width, heads, what in ((self.embed_dim, self.num_heads, "encoder"),
-                                   (self.decoder_embed_dim, self.decoder_num_heads, "decoder")):
-            if heads <= 0 or width % heads:
-                raise ValueError(f"{what} width {width} is not divisible by its {heads} heads")
+        if self.encoder.qkv_bias != "qv" or self.encoder.num_prefix_tokens not in (0, 1) or \
+                self.encoder.patch_stride != self.encoder.patch_size:
+            raise ValueError(f"not an MSM-MAE encoder (query/value biases, 0 or 1 [CLS], side-by-side patches): "
+                             f"{self.encoder}")
+        if self.decoder_num_heads <= 0 or self.decoder_embed_dim % self.decoder_num_heads:
+            raise ValueError(f"decoder width {self.decoder_embed_dim} is not divisible by its "
+                             f"{self.decoder_num_heads} heads")
 
     @property
-    def grid_size(self) -> Tuple[int, int]:
-        """Patches along (frequency, time)."""
-        return self.input_size[0] // self.patch_size[0], self.input_size[1] // self.patch_size[1]
+    def use_cls_token(self) -> bool:
+        return self.encoder.num_prefix_tokens == 1
 
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size[0] * self.grid_size[1]
+    def to_dict(self) -> Dict[str, Any]:
+        """The flat dict stored as a checkpoint's 'config' (msm_mae.STORED_ENCODER_FIELDS + the decoder's)."""
+        e = self.encoder
+        return {"input_size": list(e.input_size), "patch_size": list(e.patch_size), "embed_dim": e.embed_dim,
+                "depth": e.depth, "num_heads": e.num_heads, "mlp_ratio": e.mlp_ratio,
+                "use_cls_token": self.use_cls_token,
+                **{k: v for k, v in asdict(self).items() if k != "encoder"}}
 
-    @property
-    def frame_embedding_size(self) -> int:
-        """One time column of patches, concatenated over frequency."""
-        return self.grid_size[0] * self.embed_dim
-
-    def encoder_config(self) -> ViTConfig:
-        return ViTConfig(input_size=self.input_size, patch_size=self.patch_size, embed_dim=self.embed_dim,
-                         depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, qkv_bias="qv",
-                         num_prefix_tokens=int(self.use_cls_token))
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+    @classmethod
+    def from_dict(cls, stored: Dict[str, Any]) -> "MAEConfig":
+        decoder = {f.name: stored[f.name] for f in fields(cls) if f.name != "encoder" and f.name in stored}
+        return cls(encoder=msm_mae.stored_vit_config(stored), **decoder)
 
 
-# Widths and depths by name; heads = width / 64 as in ViT.
+# Widths and depths by name: (encoder, decoder); heads = width / 64 as in ViT.
 MODEL_SIZES = {
-    "base": dict(embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=384, decoder_depth=4, decoder_num_heads=6),
-    "small": dict(embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=4),
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=2),
+    "base": (dict(embed_dim=768, depth=12, num_heads=12), dict(decoder_embed_dim=384, decoder_depth=4,
+                                                              decoder_num_heads=6)),
+    "small": (dict(embed_dim=384, depth=12, num_heads=6), dict(decoder_embed_dim=256, decoder_depth=4,
+                                                              decoder_num_heads=4)),
+    "tiny": (dict(embed_dim=192, depth=12, num_heads=3), dict(decoder_embed_dim=128, decoder_depth=2,
+                                                             decoder_num_heads=2)),
 }
 
 
@@ -117,30 +117,30 @@ class MaskedAutoencoder(VisionTransformer):
     """MSM-MAE: the ViT encoder (query/value biases, optional [CLS]) and, unless `decoder=False`, the
     light decoder that reconstructs masked patches. The state dict keeps the official flat names."""
 
-    def __init__(self, config: MAEConfig, decoder: bool = True):
-        super().__init__(config.encoder_config())
+    def __init__(self, config: MAEConfig = MAEConfig(), decoder: bool = True):
+        super().__init__(config.encoder)
         self.config = c = config
         self.has_decoder = decoder
         if decoder:
-            self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
+            self.decoder_embed = nn.Linear(c.encoder.embed_dim, c.decoder_embed_dim)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
-            self.register_buffer("decoder_pos_embed", torch.zeros(1, int(c.use_cls_token) + c.num_patches,
+            self.register_buffer("decoder_pos_embed", torch.zeros(1, int(c.use_cls_token) + c.encoder.num_patches,
                                                                   c.decoder_embed_dim))
-            self.decoder_blocks = nn.ModuleList(
-                Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, "qv") for _ in range(c.decoder_depth))
+            self.decoder_blocks = nn.ModuleList(Block(c.decoder_embed_dim, c.decoder_num_heads, c.encoder.mlp_ratio, "qv")
+                                                for _ in range(c.decoder_depth))
             self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=1e-6)
-            self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size[0] * c.patch_size[1])
+            self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.encoder.patch_size[0] * c.encoder.patch_size[1])
         if not self.pos_embed.is_meta:  # a new model; one built on meta only receives loaded weights
             self._init_weights()
 
     def _init_weights(self):
         """MAE's initialisation: fixed sin-cos position tables, xavier-uniform linears and patch
         projection, N(0, 0.02) tokens."""
-        c = self.config
-        self.pos_embed.copy_(_with_cls_row(sincos_2d(c.embed_dim, c.grid_size), c.use_cls_token))
+        c, e = self.config, self.config.encoder
+        self.pos_embed.copy_(_with_cls_row(sincos_2d(e.embed_dim, e.grid_size), c.use_cls_token))
         if self.has_decoder:
             self.decoder_pos_embed.copy_(
-                _with_cls_row(sinusoid_table(c.num_patches, c.decoder_embed_dim), c.use_cls_token))
+                _with_cls_row(sinusoid_table(e.num_patches, c.decoder_embed_dim), c.use_cls_token))
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -158,15 +158,15 @@ class MaskedAutoencoder(VisionTransformer):
     def patchify(self, lms: torch.Tensor) -> torch.Tensor:
         """(N, 1, F, T) -> (N, patches, pf * pt), pixels frequency-major within a patch."""
         n, _, f, t = lms.shape
-        pf, pt = self.config.patch_size
+        pf, pt = self.vit_config.patch_size
         x = lms.reshape(n, f // pf, pf, t // pt, pt).permute(0, 1, 3, 2, 4)
         return x.reshape(n, (f // pf) * (t // pt), pf * pt)
 
     def unpatchify(self, patches: torch.Tensor, frames: int) -> torch.Tensor:
         """(N, patches, pf * pt) -> (N, 1, F, frames)."""
         n = patches.shape[0]
-        pf, pt = self.config.patch_size
-        gf, gt = self.config.grid_size[0], frames // pt
+        pf, pt = self.vit_config.patch_size
+        gf, gt = self.vit_config.grid_size[0], frames // pt
         x = patches.reshape(n, gf, gt, pf, pt).permute(0, 1, 3, 2, 4)
         return x.reshape(n, 1, gf * pf, gt * pt)
 
@@ -214,7 +214,7 @@ class MaskedAutoencoder(VisionTransformer):
 
         The mask (1 = masked) is random with `mask_ratio`, or the given one.
         """
-        n, num_patches = lms.shape[0], self.config.num_patches
+        n, num_patches = lms.shape[0], self.vit_config.num_patches
         ids_shuffle = shuffle_order(mask, n, num_patches, lms.device, generator)
         ids_restore = ids_shuffle.argsort(dim=1)
         num_keep = int((mask[0] == 0).sum()) if mask is not None else int(num_patches * (1 - mask_ratio))
@@ -222,3 +222,43 @@ class MaskedAutoencoder(VisionTransformer):
         latent = self.forward_encoder(lms, ids_shuffle[:, :num_keep])
         pred = self.forward_decoder(latent, ids_restore)
         return self.reconstruction_loss(lms, pred, mask), pred, mask
+
+    @classmethod
+    def load(cls, path, decoder: bool = False, device="cpu", dtype: torch.dtype = torch.float32
+             ) -> "MaskedAutoencoder":
+        """Any MSM-MAE checkpoint file, with its decoder if asked for (an error if the file has none)."""
+        return cls.from_checkpoint(load_checkpoint(path, msm_mae.FAMILY), decoder, device, dtype)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, decoder: bool = False, device="cpu",
+                        dtype: torch.dtype = torch.float32) -> "MaskedAutoencoder":
+        """An MSM-MAE checkpoint as read (checkpoint.load_checkpoint), with its decoder if asked for."""
+        if checkpoint.family is not msm_mae.FAMILY:
+            raise ValueError(f"{checkpoint.path}: a {checkpoint.family.title} checkpoint, not an MSM-MAE one")
+        path, contents, weights = checkpoint.path, checkpoint.contents, msm_mae.weights(checkpoint.contents)
+        if decoder and "decoder_embed.weight" not in weights:
+            raise ValueError(f"{path}: has no decoder weights (an encoder-only checkpoint)")
+        if isinstance(contents.get("config"), dict):
+            config = MAEConfig.from_dict(contents["config"])
+        elif "decoder_embed.weight" in weights:
+            width = weights["decoder_embed.weight"].shape[0]
+            depth = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("decoder_blocks."))
+            config = MAEConfig(checkpoint.config, decoder_embed_dim=width, decoder_depth=depth,
+                               decoder_num_heads=max(width // 64, 1),
+                               norm_pix_loss=bool(getattr(contents.get("args"), "norm_pix_loss", False)))
+        else:
+            config = MAEConfig(checkpoint.config)
+        with torch.device("meta"):
+            model = cls(config, decoder=decoder)
+        state = {**checkpoint.state_dict,
+                 **({k: v for k, v in weights.items() if msm_mae.is_decoder_key(k)} if decoder else {})}
+        return load_strict(model, state, f"{path} (configuration {config})", device, dtype)
+
+    def save(self, path, *, norm_stats: Optional[Tuple[float, float]] = None, **extra: Any) -> None:
+        """Write {'model', 'config', 'norm_stats', **extra} atomically (temporary file, then rename)."""
+        state_dict = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        contents = {"model": state_dict, "config": self.config.to_dict(), **extra}
+        if norm_stats is not None:
+            contents["norm_stats"] = {"mean": float(norm_stats[0]), "std": float(norm_stats[1])}
+        with atomic_write(Path(path)) as f:
+            torch.save(contents, f)

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .family import resolve_layers
-from .linear import Linear
+from ..grid import resolve_layers
+from ..linear import Linear
 
 MEL_BINS = 128
 

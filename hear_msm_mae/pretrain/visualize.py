@@ -11,8 +11,8 @@ from typing import Sequence
 
 import torch
 
-from .atomic import atomic_write
-from .model import MaskedAutoencoder
+from ..atomic import atomic_write
+from .mae import MaskedAutoencoder
 
 
 @torch.no_grad()
@@ -78,16 +78,16 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_visualize(args: argparse.Namespace) -> None:
-    from .audio import load_audio
-    from .checkpoint import build_model, load_checkpoint
-    from .frontend import build_frontend
-    from .pretrain.data import crop_unit
+    from ..audio import load_audio
+    from ..checkpoint import load_checkpoint
+    from ..frontend import build_frontend
+    from .data import crop_unit
 
     if not 0 < args.mask_ratio < 1:
         raise SystemExit(f"error: --mask-ratio must be between 0 and 1, got {args.mask_ratio}")
     try:
-        checkpoint = load_checkpoint(args.checkpoint)
-        model = build_model(checkpoint, decoder=True).eval()
+        checkpoint = load_checkpoint(args.checkpoint, "msm_mae")
+        model = MaskedAutoencoder.from_checkpoint(checkpoint, decoder=True).eval()
         mean, std = checkpoint.norm_stats or checkpoint.family.default_norm_stats
         frontend = build_frontend(checkpoint.frontend)
         start = round(args.start * frontend.sample_rate / frontend.hop_length)

@@ -1,4 +1,4 @@
-"""One Vision Transformer over spectrogram patches: the encoder of MSM-MAE, M2D, Audio-MAE and AST.
+"""One Vision Transformer over spectrogram patches: the encoder of MSM-MAE, M2D, Audio-MAE, AST and ATST.
 
 Input: a normalised spectrogram unit (n, 1, F, W), F frequency bins x W time frames. Patches of
 (pf, pt) bins x frames are taken every (sf, st) (a stride below the patch size overlaps them, as in
@@ -13,22 +13,23 @@ The position table `pos_embed` (1, prefix + gf * cols_full, D) belongs to the fu
 does for its last unit). Tables are read from the checkpoint, never recomputed.
 
 What differs between the families is a flag here: query/value biases with a zero key bias ("qv",
-MSM-MAE) or one fused qkv bias ("qkv"); the prefix tokens; the final LayerNorm (Audio-MAE's
-fine-tuned files have none); the clip-level output `pool`: "prefix" = mean of the prefix tokens of the
-final output (AST's (cls + dist) / 2), "patches" = fc_norm of the mean of the patch tokens (Audio-MAE
-fine-tuned).
+MSM-MAE), one fused qkv bias ("qkv") or none ("none", ATST); the prefix tokens; the final LayerNorm
+(Audio-MAE's fine-tuned files have none), applied to the final output only or to every block output
+that is read (`norm_every_block`: ATST norms its intermediate layers); the clip-level output `pool`:
+"prefix" = mean of the prefix tokens of the final output (AST's (cls + dist) / 2), "patches" = fc_norm
+of the mean of the patch tokens (Audio-MAE fine-tuned).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .family import TokenGrid, resolve_layers
-from .linear import Linear
+from ..grid import TokenGrid, resolve_layers
+from ..linear import Linear
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,10 @@ class ViTConfig:
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
-    qkv_bias: str = "qkv"  # "qkv": one fused bias; "qv": query and value biases, zero key bias
+    qkv_bias: str = "qkv"  # "qkv": one fused bias; "qv": query and value biases, zero key bias; "none"
     num_prefix_tokens: int = 0  # 0, 1 ([CLS]) or 2 ([CLS], distillation)
     final_norm: bool = True
+    norm_every_block: bool = False  # the final norm applied to every block output read (layers 1..depth)
     pool: Optional[str] = None  # clip-level output: None, "prefix" or "patches" (see the module docstring)
     pos_embed_cut: str = "first"  # a narrower unit's columns of the table: the "first" ones or the "middle" (AST)
     norm_eps: float = 1e-6
@@ -62,8 +64,10 @@ class ViTConfig:
                 raise ValueError(f"patch size {self.patch_size} does not divide input size {self.input_size} ({what})")
         if self.num_heads <= 0 or self.embed_dim % self.num_heads:
             raise ValueError(f"width {self.embed_dim} is not divisible by its {self.num_heads} heads")
-        if self.qkv_bias not in ("qkv", "qv"):
-            raise ValueError(f"qkv_bias must be 'qkv' or 'qv', got {self.qkv_bias!r}")
+        if self.qkv_bias not in ("qkv", "qv", "none"):
+            raise ValueError(f"qkv_bias must be 'qkv', 'qv' or 'none', got {self.qkv_bias!r}")
+        if self.norm_every_block and not self.final_norm:
+            raise ValueError("norm_every_block needs the final norm")
         if self.num_prefix_tokens not in (0, 1, 2):
             raise ValueError(f"num_prefix_tokens must be 0, 1 or 2, got {self.num_prefix_tokens}")
         if self.pool not in (None, "prefix", "patches") or (self.pool == "prefix" and not self.num_prefix_tokens):
@@ -106,17 +110,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return torch.matmul(scores.float().softmax(dim=-1).to(v.dtype), v)
 
 
-def config_from_weights(path, weights: Dict[str, torch.Tensor], make: Callable = ViTConfig, *, n_bins: int,
-                        num_prefix: int, input_size: Optional[Tuple[int, int]] = None, **fields):
-    """A ViT configuration read off a state dict in this package's names: patch size, width, depth, MLP ratio
-    and heads (width / 64, as in every released model); the input size, unless given, is `n_bins` bins by
-    the frames that the position table's patches cover (after `num_prefix` prefix rows). `make` (ViTConfig,
-    or MSM-MAE's MAEConfig) also gets `fields`. Errors name `path`."""
+def config_from_weights(path, weights: Dict[str, torch.Tensor], *, n_bins: int,
+                        input_size: Optional[Tuple[int, int]] = None, **fields) -> ViTConfig:
+    """A ViTConfig read off a state dict in this package's names: patch size, width, depth, MLP ratio and
+    heads (width / 64, as in nearly every released model); the input size, unless given, is `n_bins` bins by the
+    frames that the position table's patch rows cover. `fields`: the family's other ViTConfig fields
+    (num_prefix_tokens, qkv_bias, num_heads where a release's heads are not 64 wide, ...). Errors name `path`."""
     for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight"):
         if key not in weights:
             raise ValueError(f"{path}: no {key!r} among the encoder's weights (they start with {sorted(weights)[:5]})")
     embed_dim, _, pf, pt = weights["patch_embed.proj.weight"].shape
-    num_patches = weights["pos_embed"].shape[1] - num_prefix
+    num_patches = weights["pos_embed"].shape[1] - fields.get("num_prefix_tokens", 0)
     if input_size is None:
         gf = n_bins // pf
         if num_patches % gf:
@@ -124,9 +128,9 @@ def config_from_weights(path, weights: Dict[str, torch.Tensor], make: Callable =
         input_size = (n_bins, num_patches // gf * pt)
     depth = 1 + max(int(k.split(".")[1]) for k in weights if k.startswith("blocks."))
     try:
-        config = make(input_size=input_size, patch_size=(pf, pt), embed_dim=embed_dim, depth=depth,
-                      num_heads=embed_dim // 64, mlp_ratio=weights["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
-                      **fields)
+        config = ViTConfig(input_size=input_size, patch_size=(pf, pt), embed_dim=embed_dim, depth=depth,
+                           mlp_ratio=weights["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+                           **{"num_heads": embed_dim // 64, **fields})
     except ValueError as e:
         raise ValueError(f"{path}: inconsistent model configuration: {e}") from None
     if config.num_patches != num_patches:
@@ -145,11 +149,13 @@ class Attention(nn.Module):
         if qkv_bias == "qv":  # MSM-MAE: learned query and value biases, the key bias fixed at zero
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
         self.proj = Linear(dim, dim)
 
     def pack(self) -> None:
         """For CPU inference: MSM-MAE's query/value biases become one fixed qkv bias, and qkv is packed."""
-        if self.qkv.bias is None:
+        if self.qkv.bias is None and self.q_bias is not None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias]).detach()
             self.qkv.bias = nn.Parameter(bias, requires_grad=False)
         self.qkv.pack()
@@ -157,7 +163,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(n, tokens, dim) -> (n, tokens, dim), plus `residual` if given."""
         n, tokens, dim = x.shape
-        if self.qkv.bias is None:
+        if self.qkv.bias is None and self.q_bias is not None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
             qkv = F.linear(x, self.qkv.weight, bias)
         else:
@@ -250,7 +256,8 @@ class VisionTransformer(nn.Module):
         """Normalised units (N, 1, F, W) -> one (N, prefix + patches, D) tensor per layer in `layers`.
 
         Layer 0 is the embedded input, k the output of block k; the last layer (`depth`, the default)
-        is the final output, after the final norm where the model has one.
+        is the final output, after the final norm where the model has one (with `norm_every_block`, every
+        block's output is normed).
         """
         wanted = resolve_layers(layers, self.depth)
         x = self.embed(x, ids_keep)
@@ -260,8 +267,10 @@ class VisionTransformer(nn.Module):
                 break
             x = block(x)
             outputs[k] = x
-        if self.depth in wanted and self.norm is not None:
-            outputs[self.depth] = self.norm(x)
+        if self.norm is not None:
+            for k in set(wanted):
+                if k == self.depth or (k > 0 and self.vit_config.norm_every_block):
+                    outputs[k] = self.norm(outputs[k])
         return [outputs[layer] for layer in wanted]
 
     def pooled(self, tokens: torch.Tensor) -> torch.Tensor:

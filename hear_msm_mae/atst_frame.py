@@ -1,0 +1,4 @@
+"""The HEAR module of ATST-Frame; families/atst.py says what its files are and how its clips are embedded."""
+from .api import bind, get_scene_embeddings, get_timestamp_embeddings  # noqa: F401  (the HEAR API)
+
+load_model = bind("atst_frame")

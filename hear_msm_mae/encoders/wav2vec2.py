@@ -1,0 +1,152 @@
+"""wav2vec 2.0, HuBERT and WavLM as encoders of the engine, on torchaudio's model definitions.
+
+The three share one architecture (torchaudio.models.wav2vec2_model; WavLM: wavlm_model), built here, not
+written again:
+
+- Feature encoder: 7 convolutions (512 channels; kernels 10, 3, 3, 3, 3, 2, 2; strides 5, 2, 2, 2, 2, 2, 2),
+  each followed by GELU. Base releases ("group_norm") normalise the first one with a GroupNorm per channel
+  over the WHOLE input's time axis: a frame depends on every sample of the input it was computed with, so
+  a window's frames differ from the whole clip's. Large releases ("layer_norm") normalise every conv output
+  per frame: a frame depends only on its 400 samples. Frame t covers samples [320 t, 320 t + 400) (25 ms
+  every 20 ms at 16 kHz); an input of W >= 400 samples gives (W - 400) // 320 + 1 frames.
+- Feature projection: LayerNorm over the conv channels, Linear to the encoder width.
+- Transformer: x + GELU(Conv1d(k=128, groups=16, weight-normed)(x)), the conv position embedding (the only
+  positions of wav2vec 2.0 and HuBERT); post-LN blocks after a LayerNorm (Base), or pre-LN blocks and a final
+  LayerNorm (Large). WavLM adds a T5-style relative position bias (one table, in block 0), gated in every
+  block by its attention input (torchaudio's WavLMSelfAttention).
+
+The engine's contract (grid.py): a unit (n, 1, 1, W) of W samples gives one token per frame, no prefix
+tokens; the token grid's column is the receptive field (400 samples) every hop (320). Layers: 0 is the
+transformer's input (after the position embedding, and its LayerNorm in post-LN models: Hugging Face's
+hidden_states[0]), k the output of block k, and `depth` the final output (after the final LayerNorm of
+pre-LN models: their last_hidden_state, the last hidden state of transformers 4.x).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchaudio.models import wav2vec2_model, wavlm_model
+
+from ..grid import TokenGrid, resolve_layers
+
+RELEASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # every release's feature encoder
+CONV_SAMPLES = 1 << 18  # samples per feature-encoder call (16 s at 16 kHz): its activations are 512 x samples / 5
+
+
+@dataclass(frozen=True)
+class Wav2Vec2Config:
+    """The architecture of a wav2vec 2.0, HuBERT or WavLM encoder (inference only); defaults: the Base releases."""
+    conv_layers: Tuple[Tuple[int, int, int], ...] = RELEASE_CONV_LAYERS  # (channels, kernel, stride) per conv
+    extractor_mode: str = "group_norm"  # "group_norm" (Base: first conv, over the input) or "layer_norm" (Large)
+    conv_bias: bool = False
+    embed_dim: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    ffn_dim: int = 3072
+    pos_conv_kernel: int = 128
+    pos_conv_groups: int = 16
+    layer_norm_first: bool = False  # pre-LN blocks and a final LayerNorm (Large); False: post-LN (Base)
+    num_buckets: int = 0  # WavLM's relative position bias (320 buckets up to 800 frames); 0: none
+    max_distance: int = 0
+
+    def __post_init__(self):
+        if self.extractor_mode not in ("group_norm", "layer_norm"):
+            raise ValueError(f"extractor_mode must be 'group_norm' or 'layer_norm', got {self.extractor_mode!r}")
+        if not self.conv_layers or any(len(c) != 3 or any(type(v) is not int or v < 1 for v in c)
+                                       for c in self.conv_layers):
+            raise ValueError(f"conv_layers must be (channels, kernel, stride) triples of positive integers, got "
+                             f"{self.conv_layers!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (type(value) is not int or value < (0 if f.name in ("num_buckets",
+                                                                                      "max_distance") else 1)):
+                raise ValueError(f"{f.name}={value!r} is not a positive integer")
+        for name, divisor in (("num_heads", self.num_heads), ("pos_conv_groups", self.pos_conv_groups)):
+            if self.embed_dim % divisor:
+                raise ValueError(f"embed_dim={self.embed_dim} is not divisible by {name}={divisor}")
+        if (self.num_buckets == 0) != (self.max_distance == 0):
+            raise ValueError("give both num_buckets and max_distance (WavLM), or neither")
+
+    @property
+    def relative_attention(self) -> bool:
+        """WavLM's gated relative position bias."""
+        return self.num_buckets > 0
+
+    @property
+    def hop(self) -> int:
+        """Samples between frames (320)."""
+        hop = 1
+        for _, _, stride in self.conv_layers:
+            hop *= stride
+        return hop
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples one frame sees (400)."""
+        field, step = 1, 1
+        for _, kernel, stride in self.conv_layers:
+            field, step = field + (kernel - 1) * step, step * stride
+        return field
+
+    def token_grid(self, unit_samples: int) -> TokenGrid:
+        """Units of `unit_samples` samples: one column per frame, one token per column."""
+        if unit_samples < self.receptive_field or (unit_samples - self.receptive_field) % self.hop:
+            raise ValueError(f"unit_frames (samples) must be {self.receptive_field} + a multiple of {self.hop} "
+                             f"(whole frames), got {unit_samples}")
+        return TokenGrid(unit_frames=unit_samples, patch_frames=self.receptive_field, column_stride=self.hop,
+                         freq_patches=1, num_prefix_tokens=0, embed_dim=self.embed_dim)
+
+
+class Wav2Vec2Encoder(nn.Module):
+    """(n, 1, 1, W) waveform units, W >= 400 samples -> tokens (n, (W - 400) // 320 + 1, D) per layer.
+
+    Holds the feature encoder and encoder of torchaudio's Wav2Vec2Model (its names: feature_extractor.*,
+    encoder.feature_projection.*, encoder.transformer.*); dropouts are 0 and layer drop off.
+    """
+    num_prefix_tokens = 0
+    pool = None  # no clip-level output
+
+    def __init__(self, config: Wav2Vec2Config):
+        super().__init__()
+        self.config = c = config
+        self.depth = c.num_layers
+        arguments = dict(extractor_mode=c.extractor_mode, extractor_conv_layer_config=list(c.conv_layers),
+                         extractor_conv_bias=c.conv_bias, encoder_embed_dim=c.embed_dim,
+                         encoder_projection_dropout=0.0, encoder_pos_conv_kernel=c.pos_conv_kernel,
+                         encoder_pos_conv_groups=c.pos_conv_groups, encoder_num_layers=c.num_layers,
+                         encoder_num_heads=c.num_heads, encoder_attention_dropout=0.0,
+                         encoder_ff_interm_features=c.ffn_dim, encoder_ff_interm_dropout=0.0, encoder_dropout=0.0,
+                         encoder_layer_norm_first=c.layer_norm_first, encoder_layer_drop=0.0, aux_num_out=None)
+        # torchaudio weight-normalises the position conv as it builds it: on the meta device (where the engine builds
+        # encoders) that computation loads torch._dynamo and triton, which crash a process that imported TensorFlow
+        # first (hear-validator, heareval). So it is built on the CPU, then moved to the device of the caller.
+        device = torch.empty(0).device
+        with torch.device("cpu"):
+            model = (wavlm_model(**arguments, encoder_num_buckets=c.num_buckets, encoder_max_distance=c.max_distance)
+                     if c.relative_attention else wav2vec2_model(**arguments))
+        self.feature_extractor, self.encoder = model.feature_extractor.to(device), model.encoder.to(device)
+
+    def encode(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
+        """x (n, 1, 1, W) -> [(n, frames, D)] for each layer of `layers` (0: the transformer's input, k: block k's
+        output, `depth` (the default, also -1): the final output)."""
+        indices = resolve_layers(layers, self.depth)
+        field = self.config.receptive_field
+        if x.dim() != 4 or x.shape[1:3] != (1, 1) or x.shape[3] < field:
+            raise ValueError(f"waveform units must be (n, 1, 1, W) with W >= {field} samples, not {tuple(x.shape)}")
+        waves = x.flatten(1)  # (n, W)
+        per_call = max(1, CONV_SAMPLES // waves.shape[1])  # bounded conv activations, whatever the batch
+        features = torch.cat([self.feature_extractor(part, None)[0] for part in waves.split(per_call)])  # (n, T, C)
+        transformer = self.encoder.transformer
+        h = transformer._preprocess(self.encoder.feature_projection(features))  # position embedding (+ LayerNorm)
+        states = {0: h} if 0 in indices else {}
+        position_bias = None  # WavLM: block 0's relative position bias, passed on ungated to every later block
+        for k, block in enumerate(transformer.layers[:max(indices)], start=1):
+            h, position_bias = block(h, None, position_bias=position_bias)
+            if k in indices:
+                states[k] = h
+        if self.config.layer_norm_first and self.depth in states:
+            states[self.depth] = transformer.layer_norm(states[self.depth])
+        return [states[k] for k in indices]
