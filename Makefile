@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c requirements/constraints.txt
-APT_PACKAGES := fluidsynth fluid-soundfont-gm espeak-ng flite festival festvox-kallpc16k hydrogen-drumkits sox libsndfile1
+APT_PACKAGES := fluidsynth fluid-soundfont-gm espeak-ng flite festival festvox-kallpc16k hydrogen-drumkits sox libsndfile1 ffmpeg
 
 .PHONY: demo test system-deps
 
@@ -15,11 +15,12 @@ $(VENV)/.installed: setup.cfg requirements/constraints.txt requirements/hear-too
 	$(PIP) -r requirements/hear-tools-deps.txt
 	touch $@
 
-# heareval 2021.1.3's predictions code needs pytorch-lightning 1.8.6 and numpy<2 (eval/heareval_env.py).
-.venv-heareval/.installed: $(VENV)/.installed eval/heareval_env.py
-	rm -f $@ && $(PY) -m eval.heareval_env .venv-heareval
+# heareval 2021.1.3's predictions code needs pytorch-lightning 1.8.6 and numpy<2 (tests/heareval_env.py).
+.venv-heareval/.installed: $(VENV)/.installed tests/heareval_env.py
+	rm -f $@ && $(PY) tests/heareval_env.py .venv-heareval
 
-# Offline sound sources for the synthetic tasks and the pre-training corpus (Debian packages).
+# Offline sound sources for the synthetic tasks and the pre-training corpus, and ffmpeg (the reference of the
+# resampling tests: hear-preprocess made the HEAR tasks with it) (Debian packages).
 system-deps:
 	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES); }

@@ -1,7 +1,7 @@
 """Inference speed and memory of every family's HEAR module at ViT-Base size, against this CPU's
 matrix-multiply roofline.
 
-    flock /tmp/heavy.lock python benchmarks/inference.py             # all five families (about 20 min here)
+    flock /tmp/heavy.lock python benchmarks/inference.py             # every family (about 20 min for the first five)
     python benchmarks/inference.py --families msm_mae --skip-memory   # MSM-MAE only, no fresh processes
     python benchmarks/inference.py --quick                            # one round, 4-minute memory clips
     python benchmarks/inference.py --families msm_mae --ablation --compile   # what the CPU paths are worth
@@ -9,7 +9,7 @@ matrix-multiply roofline.
 
 Weights are random, at ViT-Base size (768 wide, 12 blocks, 12 heads, MLP 3072), written by this script in
 each family's official file layout and read by the family's HEAR module's `load_model` (the real loader):
-  msm_mae   this package's checkpoint of MaskedAutoencoder(MAEConfig()), 80x208 (save_checkpoint)
+  msm_mae   this package's checkpoint of MaskedAutoencoder(), 80x208 (MaskedAutoencoder.save)
   m2d       an `_enconly` file (the bare encoder state dict with norm_stats) in a folder named as the
             release's: m2d_vit_base-80x608p16x16-221006-mr7_enconly/checkpoint-300.pth
   audiomae  the pre-trained file {'model', 'epoch', 'args'}: time-major patch projection, its fixed 8 x 64
@@ -18,9 +18,11 @@ each family's official file layout and read by the family's HEAR module's `load_
             table (1024 frames, stride 10), DeiT's two heads and AST's mlp_head
   beats     BEATs_iter3.pt's {'cfg', 'model'}: the release's cfg, the weight-normed pos_conv (weight_g,
             weight_v), per-layer q/k/v projections, the relative bias table stored by every layer (tied)
-The MSM-MAE part uses only what the package has had from the start (load_model, get_scene_embeddings,
-get_timestamp_embeddings, save_checkpoint, MaskedAutoencoder, LogMelSpectrogram, resolve_dtype), so
-`--families msm_mae` also runs against older trees.
+  wavlm     WavLM-Base+.pt's {'cfg', 'model'} (fairseq's names, the relative table in block 0, gates in every block)
+  hubert    hubert_base_ls960.pt's fairseq trainer state {'cfg', 'model', 'task_state', ...}, with the label
+            embeddings and final projection of pre-training (dropped)
+  wav2vec2  wav2vec_small.pt's {'args' (a Namespace), 'model'} with the quantizer and projections (dropped)
+            (the three: 7-conv feature encoder, 20-s windows of 1000 frames, a frame every 20 ms)
 
 What is printed (speeds: the best of --repeats rounds; a round measures every strategy and the GEMM peaks
 once, so a change in the machine's load hits them alike):
@@ -34,8 +36,9 @@ once, so a change in the machine's load hits them alike):
                   peak is its best kernel; the encoder's peak is the mix of its four shapes (total FLOPs /
                   sum of FLOPs_i / peak_i): bf16 for every family, fp32 too at MSM-MAE's shape.
   GFLOP / audio s counted from the configuration: 2 x multiply-adds of the patch projection (BEATs: also
-                  its projection to 768, its convolutional positions and gates), of every block's qkv,
-                  projection and MLP products and of attention's two products (q k^T, a v), for one full
+                  its projection to 768, its convolutional positions and gates; the waveform families: their
+                  conv feature encoder, projection to 768, convolutional positions, WavLM's gates), of every
+                  block's qkv, projection and MLP products and of attention's two products (q k^T, a v), for one full
                   unit, over the seconds of new audio a unit adds (its hop). Norms, softmax, GELU and adds
                   are not counted.
   achieved GFLOP/s  the FLOPs of the units the engine actually encoded in the timed call (each encoder
@@ -85,14 +88,14 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchaudio.models.wav2vec2.components import FeatureProjection
 
-from hear_msm_mae.checkpoint import save_checkpoint
-from hear_msm_mae.embedder import resolve_dtype
 from hear_msm_mae.frontend import LogMelSpectrogram
-from hear_msm_mae.model import MAEConfig, MaskedAutoencoder
+from hear_msm_mae.precision import resolve_dtype
+from hear_msm_mae.pretrain.mae import MaskedAutoencoder
 
 SR = 16000
-FRAMES_PER_SECOND = 100  # every front end here: 10 ms hop
+FRAMES_PER_SECOND = 100  # every spectrogram front end here: 10 ms hop (the waveform's: one frame per sample)
 DIM, DEPTH, HEADS, HIDDEN = 768, 12, 12, 3072  # ViT-Base
 
 
@@ -117,6 +120,7 @@ class Bench:
     column_stride: int  # frames between columns
     prefix_tokens: int  # [CLS], distillation
     patch_flops: int  # 2 x multiply-adds per patch outside the blocks
+    frames_per_second: int = FRAMES_PER_SECOND
 
     @property
     def unit_patches(self) -> int:
@@ -125,7 +129,7 @@ class Bench:
     @property
     def unit_seconds(self) -> float:
         """New audio per unit: the hop between consecutive units."""
-        return self.unit_columns * self.column_stride / FRAMES_PER_SECOND
+        return self.unit_columns * self.column_stride / self.frames_per_second
 
     def unit_flops(self, patches: int) -> int:
         return patches * self.patch_flops + transformer_flops(patches + self.prefix_tokens)
@@ -138,8 +142,13 @@ PATCH = 2 * 16 * 16 * DIM  # one 16 x 16 patch projected to 768
 # BEATs per patch: projection to 512, post_extract_proj to 768, the 128-tap positional conv in 16 groups, and
 # in every block each head's gate (grep_linear, 64 -> 8)
 BEATS_PATCH = 2 * (16 * 16 * 512 + 512 * DIM + DIM * (DIM // 16) * 128 + DEPTH * HEADS * 64 * 8)
+# wav2vec 2.0 / HuBERT per 20-ms frame (a token): the conv feature encoder (64 outputs of conv 0 (512 x 10 taps),
+# 32 + 16 + 8 + 4 of the 3-tap convs, 2 + 1 of the 2-tap ones), the projection to 768, the 128-tap positional conv
+CONV_LAYERS = [(64, 1, 10)] + [(n, 512, 3) for n in (32, 16, 8, 4)] + [(n, 512, 2) for n in (2, 1)]
+WAV2VEC2_FRAME = 2 * (sum(n * 512 * c * k for n, c, k in CONV_LAYERS) + 512 * DIM + DIM * (DIM // 16) * 128)
+WAVLM_FRAME = WAV2VEC2_FRAME + 2 * DEPTH * HEADS * 64 * 8  # and every block's gates
 BENCHES = {b.name: b for b in [
-    Bench("msm_mae", "hear_msm_mae", "MSM-MAE", "save_checkpoint(MaskedAutoencoder(MAEConfig())), 80x208",
+    Bench("msm_mae", "hear_msm_mae", "MSM-MAE", "MaskedAutoencoder().save(), 80x208",
           5, 13, 16, 0, PATCH),
     Bench("m2d", "hear_msm_mae.m2d", "M2D", "_enconly, 80x608", 5, 38, 16, 1, PATCH),
     Bench("audiomae", "hear_msm_mae.audiomae", "Audio-MAE", "pre-trained {model, args}, 1024x128",
@@ -147,21 +156,25 @@ BENCHES = {b.name: b for b in [
     Bench("ast", "hear_msm_mae.ast", "AST", "module.v.*, 1024 frames, stride 10", 12, 101, 10, 2, PATCH),
     Bench("beats", "hear_msm_mae.beats", "BEATs", "{cfg, model} iter3, units of 1008 frames", 8, 63, 16, 0,
           BEATS_PATCH),
+    *[Bench(name, f"hear_msm_mae.{name}", title, layout, 1, 1000, 320, 0, flops, SR) for name, title, layout, flops in (
+        ("wavlm", "WavLM", "WavLM-Base+.pt {cfg, model}, 20-s windows", WAVLM_FRAME),
+        ("hubert", "HuBERT", "hubert_base_ls960.pt fairseq {cfg, model, ...}, 20-s windows", WAV2VEC2_FRAME),
+        ("wav2vec2", "wav2vec 2.0", "wav2vec_small.pt fairseq {args, model}, 20-s windows", WAV2VEC2_FRAME))],
 ]}
 
 
 class EncoderWork:
     """Records every encoder call of a run: a forward hook on the patch projection (the encoder's first
-    Conv2d) sees its output (units, channels, h, w)."""
+    Conv2d) sees its output (units, channels, h, w); on a waveform encoder's feature projection (units, frames, D)."""
 
     def __init__(self, encoder: nn.Module, bench: Bench):
-        self.conv = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d))
+        self.conv = next(m for m in encoder.modules() if isinstance(m, (nn.Conv2d, FeatureProjection)))
         self.bench = bench
         self.calls: List[Tuple[int, int]] = []  # (units, patches per unit)
 
     def __enter__(self) -> "EncoderWork":
-        self.handle = self.conv.register_forward_hook(
-            lambda module, inputs, out: self.calls.append((out.shape[0], out.shape[2] * out.shape[3])))
+        self.handle = self.conv.register_forward_hook(lambda module, inputs, out: self.calls.append(
+            (out.shape[0], out.shape[1] if out.dim() == 3 else out.shape[2] * out.shape[3])))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -207,7 +220,7 @@ def timm_vit_weights() -> Dict[str, torch.Tensor]:
 
 def write_msm_mae(folder: Path) -> Path:
     path = folder / "80x208p16x16_random" / "checkpoint-0.pth"
-    save_checkpoint(path, MaskedAutoencoder(MAEConfig()), epoch=0)
+    MaskedAutoencoder().save(path, epoch=0)
     return path
 
 
@@ -314,8 +327,77 @@ def write_beats(folder: Path) -> Path:
     return path
 
 
+def fairseq_wav2vec2_weights(wavlm: bool = False) -> Dict[str, torch.Tensor]:
+    """A Base model's state dict in fairseq's names (WavLM's: the relative table in block 0, gates in every block)."""
+    w = {"mask_emb": normal(DIM), "feature_extractor.conv_layers.0.2.weight": torch.ones(512),
+         "feature_extractor.conv_layers.0.2.bias": normal(512), "layer_norm.weight": torch.ones(512),
+         "layer_norm.bias": normal(512), "post_extract_proj.weight": normal(DIM, 512),
+         "post_extract_proj.bias": normal(DIM), "encoder.pos_conv.0.bias": normal(DIM),
+         "encoder.pos_conv.0.weight_g": torch.ones(1, 1, 128),
+         "encoder.pos_conv.0.weight_v": normal(DIM, DIM // 16, 128),
+         "encoder.layer_norm.weight": torch.ones(DIM), "encoder.layer_norm.bias": normal(DIM)}
+    for i, (_, channels, taps) in enumerate(CONV_LAYERS):
+        w[f"feature_extractor.conv_layers.{i}.0.weight"] = normal(512, channels, taps)
+    for i in range(DEPTH):
+        b = f"encoder.layers.{i}."
+        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            w.update({b + f"self_attn.{proj}.weight": normal(DIM, DIM), b + f"self_attn.{proj}.bias": normal(DIM)})
+        w.update({b + "self_attn_layer_norm.weight": torch.ones(DIM), b + "self_attn_layer_norm.bias": normal(DIM),
+                  b + "fc1.weight": normal(HIDDEN, DIM), b + "fc1.bias": normal(HIDDEN),
+                  b + "fc2.weight": normal(DIM, HIDDEN), b + "fc2.bias": normal(DIM),
+                  b + "final_layer_norm.weight": torch.ones(DIM), b + "final_layer_norm.bias": normal(DIM)})
+        if wavlm:
+            w.update({b + "self_attn.grep_linear.weight": normal(8, 64), b + "self_attn.grep_linear.bias": normal(8),
+                      b + "self_attn.grep_a": torch.ones(1, HEADS, 1, 1)})
+    if wavlm:
+        w["encoder.layers.0.self_attn.relative_attention_bias.weight"] = normal(320, HEADS)
+    return w
+
+
+BASE_MODEL_CFG = {  # the Base releases' architecture, in fairseq's (and WavLM's) names
+    "extractor_mode": "default", "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
+    "conv_bias": False, "encoder_layers": DEPTH, "encoder_embed_dim": DIM, "encoder_ffn_embed_dim": HIDDEN,
+    "encoder_attention_heads": HEADS, "activation_fn": "gelu", "layer_norm_first": False, "conv_pos": 128,
+    "conv_pos_groups": 16}
+
+
+def write_wavlm(folder: Path) -> Path:
+    path = folder / "WavLM-Base+.pt"
+    folder.mkdir(parents=True)
+    torch.save({"cfg": {**BASE_MODEL_CFG, "normalize": False, "relative_position_embedding": True,
+                        "num_buckets": 320, "max_distance": 800, "gru_rel_pos": True},
+                "model": fairseq_wav2vec2_weights(wavlm=True)}, path)
+    return path
+
+
+def write_hubert(folder: Path) -> Path:
+    """fairseq's trainer state (task_state holds no label Dictionary here: pickling one needs fairseq)."""
+    path = folder / "hubert_base_ls960.pt"
+    folder.mkdir(parents=True)
+    model = {**fairseq_wav2vec2_weights(), "label_embs_concat": normal(504, 256), "final_proj.weight": normal(256, DIM),
+             "final_proj.bias": normal(256)}
+    torch.save({"args": None, "cfg": {"model": {"_name": "hubert", **BASE_MODEL_CFG},
+                                      "task": {"_name": "hubert_pretraining", "normalize": False, "sample_rate": SR}},
+                "model": model, "optimizer_history": [{"num_updates": 400000}], "task_state": {},
+                "extra_state": {"previous_training_time": 0.0}}, path)
+    return path
+
+
+def write_wav2vec2(folder: Path) -> Path:
+    path = folder / "wav2vec_small.pt"
+    folder.mkdir(parents=True)
+    model = {**fairseq_wav2vec2_weights(), "quantizer.vars": normal(1, 640, 128),
+             "quantizer.weight_proj.weight": normal(640, 512), "quantizer.weight_proj.bias": normal(640),
+             "project_q.weight": normal(256, 256), "project_q.bias": normal(256), "final_proj.weight": normal(256, DIM),
+             "final_proj.bias": normal(256)}
+    torch.save({"args": argparse.Namespace(arch="wav2vec2", normalize=False, sample_rate=SR, **BASE_MODEL_CFG),
+                "model": model, "optimizer_history": [{"num_updates": 400000}], "extra_state": {}}, path)
+    return path
+
+
 WRITERS: Dict[str, Callable[[Path], Path]] = {
-    "msm_mae": write_msm_mae, "m2d": write_m2d, "audiomae": write_audiomae, "ast": write_ast, "beats": write_beats}
+    "msm_mae": write_msm_mae, "m2d": write_m2d, "audiomae": write_audiomae, "ast": write_ast, "beats": write_beats,
+    "wavlm": write_wavlm, "hubert": write_hubert, "wav2vec2": write_wav2vec2}
 
 
 # -- measurements -------------------------------------------------------------------------------------
@@ -551,7 +633,7 @@ def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
     jobs = {"scene": Job(lambda: hear.get_scene_embeddings(audio10, fast), seconds10, fast.encoder),
             "1-s clips": Job(lambda: hear.get_scene_embeddings(audio1, fast), audio1.numel() / SR, fast.encoder)}
     if bench.name == "msm_mae":
-        reference_model = MaskedAutoencoder(MAEConfig()).eval()
+        reference_model = MaskedAutoencoder().eval()
         reference_model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
         frontend = LogMelSpectrogram()
         timestamp_model = hear.load_model(checkpoint, device="cpu", timestamp_hop_ms=40)
@@ -648,7 +730,7 @@ def ablation(folder: Path, args) -> None:
     linears (fused bias, GELU, residual add) and short sequences' attention as two batched products
     (vit.SHORT_ATTENTION_TOKENS; 0 sends every length to SDPA). Interleaved rounds."""
     import hear_msm_mae
-    from hear_msm_mae import vit
+    from hear_msm_mae.encoders import vit
 
     checkpoint = write_msm_mae(folder)
     audio = 0.1 * torch.randn(args.clips, 10 * SR)
