@@ -18,6 +18,15 @@ each family's official file layout and read by the family's HEAR module's `load_
             table (1024 frames, stride 10), DeiT's two heads and AST's mlp_head
   beats     BEATs_iter3.pt's {'cfg', 'model'}: the release's cfg, the weight-normed pos_conv (weight_g,
             weight_v), per-layer q/k/v projections, the relative bias table stored by every layer (tied)
+  dasheng   dasheng_base.pt's {'config', 'model'}: the training config (model_args without sizes, outputdir a
+            PosixPath), the AudioTransformer's state dict with its front-end buffers and init_bn, 64x4 patches,
+            time (252 columns) and frequency (1 row) position tables
+  ced       audiotransformer_base_mAP_4999.pt's {'config', 'model'}: the same state dict over 16x16 patches (63
+            columns, 4 frequency rows) and the AudioSet classifier outputlayer (dropped)
+  atst_frame  atstframe_base.ckpt, a Lightning checkpoint: student and teacher (encoder, BYOL projector; the
+            student's predictor), AdamW's state over the student, hyper_parameters; the teacher's encoder is read
+  atst_clip base.ckpt, ATST-Clip base's DINO-style file {'student', 'teacher', 'optimizer', 'epoch', 'args',
+            'byol_loss'}, the encoder under teacher['module.backbone.*'], with [CLS]; units of its 6-s training length
   wavlm     WavLM-Base+.pt's {'cfg', 'model'} (fairseq's names, the relative table in block 0, gates in every block)
   hubert    hubert_base_ls960.pt's fairseq trainer state {'cfg', 'model', 'task_state', ...}, with the label
             embeddings and final projection of pre-training (dropped)
@@ -87,6 +96,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+import torchaudio
 from torch import nn
 from torchaudio.models.wav2vec2.components import FeatureProjection
 
@@ -138,7 +148,7 @@ class Bench:
         return self.unit_flops(self.unit_patches) / self.unit_seconds
 
 
-PATCH = 2 * 16 * 16 * DIM  # one 16 x 16 patch projected to 768
+PATCH = 2 * 16 * 16 * DIM  # one patch of 256 values (16 x 16; Dasheng's and ATST's 64 x 4) projected to 768
 # BEATs per patch: projection to 512, post_extract_proj to 768, the 128-tap positional conv in 16 groups, and
 # in every block each head's gate (grep_linear, 64 -> 8)
 BEATS_PATCH = 2 * (16 * 16 * 512 + 512 * DIM + DIM * (DIM // 16) * 128 + DEPTH * HEADS * 64 * 8)
@@ -156,6 +166,13 @@ BENCHES = {b.name: b for b in [
     Bench("ast", "hear_msm_mae.ast", "AST", "module.v.*, 1024 frames, stride 10", 12, 101, 10, 2, PATCH),
     Bench("beats", "hear_msm_mae.beats", "BEATs", "{cfg, model} iter3, units of 1008 frames", 8, 63, 16, 0,
           BEATS_PATCH),
+    Bench("dasheng", "hear_msm_mae.dasheng", "Dasheng", "dasheng_base.pt {config, model}, 64x4, 1008 frames",
+          1, 252, 4, 0, PATCH),
+    Bench("ced", "hear_msm_mae.ced", "CED", "audiotransformer_base {config, model}, 1008 frames", 4, 63, 16, 0, PATCH),
+    Bench("atst_frame", "hear_msm_mae.atst_frame", "ATST-Frame", "atstframe_base Lightning, 64x4, 1000 frames",
+          1, 250, 4, 0, PATCH),
+    Bench("atst_clip", "hear_msm_mae.atst_clip", "ATST-Clip", "base.ckpt {student, teacher, ...}, units of 600 frames",
+          1, 150, 4, 1, PATCH),
     *[Bench(name, f"hear_msm_mae.{name}", title, layout, 1, 1000, 320, 0, flops, SR) for name, title, layout, flops in (
         ("wavlm", "WavLM", "WavLM-Base+.pt {cfg, model}, 20-s windows", WAVLM_FRAME),
         ("hubert", "HuBERT", "hubert_base_ls960.pt fairseq {cfg, model, ...}, 20-s windows", WAV2VEC2_FRAME),
@@ -202,15 +219,17 @@ def sincos(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
-def timm_vit_weights() -> Dict[str, torch.Tensor]:
-    """timm VisionTransformer names: patch_embed.proj, blocks.i.{norm1, attn.qkv, attn.proj, norm2,
-    mlp.fc1, mlp.fc2}, norm (fused qkv bias)."""
-    w = {"patch_embed.proj.weight": normal(DIM, 1, 16, 16), "patch_embed.proj.bias": normal(DIM)}
+def timm_vit_weights(patch: Tuple[int, int] = (16, 16), qkv_bias: bool = True) -> Dict[str, torch.Tensor]:
+    """timm VisionTransformer names: patch_embed.proj over `patch` (bins, frames), blocks.i.{norm1, attn.qkv,
+    attn.proj, norm2, mlp.fc1, mlp.fc2}, norm (a fused qkv bias, unless `qkv_bias` is False)."""
+    w = {"patch_embed.proj.weight": normal(DIM, 1, *patch), "patch_embed.proj.bias": normal(DIM)}
     for i in range(DEPTH):
         b = f"blocks.{i}."
         w.update({b + "norm1.weight": torch.ones(DIM), b + "norm1.bias": normal(DIM),
-                  b + "attn.qkv.weight": normal(3 * DIM, DIM), b + "attn.qkv.bias": normal(3 * DIM),
-                  b + "attn.proj.weight": normal(DIM, DIM), b + "attn.proj.bias": normal(DIM),
+                  b + "attn.qkv.weight": normal(3 * DIM, DIM)})
+        if qkv_bias:
+            w[b + "attn.qkv.bias"] = normal(3 * DIM)
+        w.update({b + "attn.proj.weight": normal(DIM, DIM), b + "attn.proj.bias": normal(DIM),
                   b + "norm2.weight": torch.ones(DIM), b + "norm2.bias": normal(DIM),
                   b + "mlp.fc1.weight": normal(HIDDEN, DIM), b + "mlp.fc1.bias": normal(HIDDEN),
                   b + "mlp.fc2.weight": normal(DIM, HIDDEN), b + "mlp.fc2.bias": normal(DIM)})
@@ -327,6 +346,135 @@ def write_beats(folder: Path) -> Path:
     return path
 
 
+def audio_transformer_weights(patch: Tuple[int, int], freq_patches: int, columns: int) -> Dict[str, torch.Tensor]:
+    """The authors' AudioTransformer.state_dict() (Dasheng's and CED's encoder): time (1, D, 1, columns) and
+    frequency (1, D, freq_patches, 1) positions, torchaudio's front-end buffers (periodic Hann window, 257 x 64 HTK
+    mel filterbank), init_bn's BatchNorm2d over the 64 mel bins (statistics near the dB mels of this script's
+    noise: mean 5, std 5), then the timm ViT over `patch` with a fused qkv bias."""
+    return {"time_pos_embed": normal(1, DIM, 1, columns), "freq_pos_embed": normal(1, DIM, freq_patches, 1),
+            "front_end.0.spectrogram.window": torch.hann_window(512),
+            "front_end.0.mel_scale.fb": torchaudio.functional.melscale_fbanks(257, 0.0, SR / 2, 64, SR, None, "htk"),
+            "init_bn.1.weight": torch.ones(64), "init_bn.1.bias": normal(64),
+            "init_bn.1.running_mean": 5 + normal(64), "init_bn.1.running_var": torch.full((64,), 25.0),
+            "init_bn.1.num_batches_tracked": torch.tensor(0), **timm_vit_weights(patch)}
+
+
+def write_dasheng(folder: Path) -> Path:
+    """dasheng_base.pt as utils.average_models writes it: {'config': the training script's config, its model_args
+    without sizes (dasheng_base() forces 768 / 12 / 12; the heads are the release's 64-wide ones) and outputdir a
+    PosixPath, 'model': the encoder's state dict over 64x4 patches, a 252-column time table, one frequency row}."""
+    config = {"config_file": "dasheng/train/config/dasheng_base.yaml", "model": "dasheng_base",
+              "model_args": {"target_length": 1008, "group_masking": True}, "mask_ratio": 0.75, "sample_rate": SR,
+              "chunk_length": 10.0, "outputdir": pathlib.PosixPath("experiments/dasheng_base/benchmark")}
+    path = folder / "dasheng_base.pt"
+    folder.mkdir(parents=True)
+    torch.save({"config": config, "model": audio_transformer_weights((64, 4), 1, 252)}, path)
+    return path
+
+
+def write_ced(folder: Path) -> Path:
+    """audiotransformer_base_mAP_4999.pt as utils.average_models writes it: {'config': the training config (its
+    model_args: target_length 1012, of which the table's 63 columns see 1008 frames), 'model': the state dict over
+    16x16 patches (4 frequency rows) with the AudioSet classifier outputlayer (LayerNorm + Linear(768, 527))}."""
+    model = {**audio_transformer_weights((16, 16), 4, 63), "outputlayer.0.weight": torch.ones(DIM),
+             "outputlayer.0.bias": normal(DIM), "outputlayer.1.weight": normal(527, DIM),
+             "outputlayer.1.bias": normal(527)}
+    config = {"model": "audiotransformer_base", "model_args": {"target_length": 1012, "pooling": "logit"},
+              "pretrained": None, "num_classes": 527, "outputpath": "experiments", "average": True}
+    path = folder / "audiotransformer_base_mAP_4999.pt"
+    folder.mkdir(parents=True)
+    torch.save({"config": config, "model": model}, path)
+    return path
+
+
+def atst_encoder_weights(clip: bool) -> Dict[str, torch.Tensor]:
+    """audiossl's FrameAST_base / AST_base: mask_embed, [CLS] (ATST-Clip), a learned 251-row table (slot 0 [CLS]'s,
+    250 columns of 64x4 patches), the patch projection Linear(256, 768) over patches flattened mel-major, blocks
+    without qkv bias, the final norm (ATST-Frame: norm_frame)."""
+    vit = timm_vit_weights((64, 4), qkv_bias=False)
+    w = {"mask_embed": normal(1, 1, DIM), **({"cls_token": normal(1, 1, DIM)} if clip else {}),
+         "pos_embed": normal(1, 251, DIM),
+         "patch_embed.patch_embed.weight": vit.pop("patch_embed.proj.weight").flatten(1),  # (768, 256)
+         "patch_embed.patch_embed.bias": vit.pop("patch_embed.proj.bias"), **vit}
+    if not clip:
+        w["norm_frame.weight"], w["norm_frame.bias"] = w.pop("norm.weight"), w.pop("norm.bias")
+    return w
+
+
+def byol_mlp(n_in: int) -> Dict[str, torch.Tensor]:
+    """audiossl's build_mlp(2, n_in, 4096, 256, last_bn=False): Linear, BatchNorm1d, ReLU, Linear (no biases)."""
+    return {"0.weight": normal(4096, n_in), "1.weight": torch.ones(4096), "1.bias": normal(4096),
+            "1.running_mean": normal(4096), "1.running_var": torch.ones(4096), "1.num_batches_tracked": torch.tensor(0),
+            "3.weight": normal(256, 4096)}
+
+
+def atst_networks(clip: bool) -> Dict[str, Dict[str, Dict[str, torch.Tensor]]]:
+    """ATST's pre-training networks: the student's encoder, BYOL projector and predictor, the teacher's encoder
+    (the one the HEAR module reads) and projector."""
+    return {"student": {"encoder": atst_encoder_weights(clip), "projector": byol_mlp(DIM), "predictor": byol_mlp(256)},
+            "teacher": {"encoder": atst_encoder_weights(clip), "projector": byol_mlp(DIM)}}
+
+
+def adamw_state(networks: Dict[str, Dict[str, torch.Tensor]], step, skip: Tuple[str, ...] = (), **group) -> dict:
+    """An AdamW state_dict() over the student's parameters (BatchNorm buffers and `skip` not among them) in the
+    two groups of audiossl's get_params_groups (weights decayed, biases and norms not), moments zero: only their
+    size matters here. lr and weight decay are floats: the releases hold numpy.float64, which torch.save under
+    NumPy 2 would name numpy._core.multiarray.scalar (a global the releases never hold, and the loader refuses)."""
+    parameters = [w for net in networks.values() for k, w in net.items()
+                  if k not in skip and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    parameters = [w for w in parameters if w.dim() > 1] + [w for w in parameters if w.dim() <= 1]
+    decayed = sum(w.dim() > 1 for w in parameters)
+    return {"state": {i: {"step": step, "exp_avg": torch.zeros_like(w), "exp_avg_sq": torch.zeros_like(w)}
+                      for i, w in enumerate(parameters)},
+            "param_groups": [{"lr": 1e-6, "betas": (0.9, 0.999), "weight_decay": 0.4, **group,
+                              "params": list(range(decayed))},
+                             {"lr": 1e-6, "betas": (0.9, 0.999), "weight_decay": 0.0, **group,
+                              "params": list(range(decayed, len(parameters)))}]}
+
+
+ATST_FRAME_BASE_ARGS = {  # hyper_parameters: audiossl's frame-level train.py arguments, the README's base command
+    "arch": "base", "learning_rate": 0.0016, "warmup_steps": 1950, "max_steps": 58500, "ema": 0.997, "symmetric": True,
+    "pos_type": "cut", "avg_blocks": 0, "patch_embed": "Linear", "save_path": "SAVE_PATH", "nproc": 4, "patch_h": 64,
+    "patch_w": 4, "nprompt": 0, "data_path": "DATA_PATH", "batch_size_per_gpu": 256, "subset": 200000,
+    "win_length": 1024, "aug_tea": False, "aug_stu": True, "freq_wrap": True, "anchor_len": 10.0, "mask_ratio": 0.65,
+    "mask_len": 5, "min_mask_len": 2, "n_mels": 64, "mask_type": "block", "spec_h": 64}
+
+
+def write_atst_frame(folder: Path) -> Path:
+    """atstframe_base.ckpt: Lightning 1.6's Trainer checkpoint of FrameATSTLightningModule: state_dict
+    model.{student,teacher}.{encoder,projector,predictor}.* (the encoder read: model.teacher.encoder.*),
+    optimizer_states one (transformers) AdamW state over the student, hyper_parameters train.py's arguments."""
+    networks = atst_networks(clip=False)
+    state = {f"model.{who}.{net}.{k}": w for who, nets in networks.items() for net, ws in nets.items()
+             for k, w in ws.items()}
+    contents = {"epoch": 299, "global_step": 58500, "pytorch-lightning_version": "1.6.0", "state_dict": state,
+                "loops": {}, "callbacks": {},
+                "optimizer_states": [adamw_state(networks["student"], 58500, eps=1e-6, correct_bias=True)],
+                "lr_schedulers": [], "hparams_name": "kwargs", "hyper_parameters": dict(ATST_FRAME_BASE_ARGS)}
+    path = folder / "atstframe_base.ckpt"
+    folder.mkdir(parents=True)
+    torch.save(contents, path)
+    return path
+
+
+def write_atst_clip(folder: Path) -> Path:
+    """base.ckpt, ATST-Clip base's release (its DINO-style trainer, not Lightning): {'student', 'teacher':
+    module.{backbone,head,predictor}.* (the encoder read: teacher['module.backbone.*']), 'optimizer': (torch)
+    AdamW over the student but its mask_embed, 'epoch', 'args': a Namespace (anchor_len [6.0]: units of 600
+    frames), 'byol_loss': empty}."""
+    networks, names = atst_networks(clip=True), {"encoder": "backbone", "projector": "head", "predictor": "predictor"}
+    contents = {who: {f"module.{names[net]}.{k}": w for net, ws in nets.items() for k, w in ws.items()}
+                for who, nets in networks.items()}
+    contents.update(optimizer=adamw_state(networks["student"], torch.tensor(400000.0), skip=("mask_embed",),
+                                          eps=1e-8, amsgrad=False, maximize=False, foreach=None, capturable=False),
+                    epoch=100, args=argparse.Namespace(arch="ast_base", pos_type="cut", patch_height=64, patch_width=4,
+                                                       use_cls=True, anchor_len=[6.0]), byol_loss={})
+    path = folder / "base.ckpt"
+    folder.mkdir(parents=True)
+    torch.save(contents, path)
+    return path
+
+
 def fairseq_wav2vec2_weights(wavlm: bool = False) -> Dict[str, torch.Tensor]:
     """A Base model's state dict in fairseq's names (WavLM's: the relative table in block 0, gates in every block)."""
     w = {"mask_emb": normal(DIM), "feature_extractor.conv_layers.0.2.weight": torch.ones(512),
@@ -397,6 +545,7 @@ def write_wav2vec2(folder: Path) -> Path:
 
 WRITERS: Dict[str, Callable[[Path], Path]] = {
     "msm_mae": write_msm_mae, "m2d": write_m2d, "audiomae": write_audiomae, "ast": write_ast, "beats": write_beats,
+    "dasheng": write_dasheng, "ced": write_ced, "atst_frame": write_atst_frame, "atst_clip": write_atst_clip,
     "wavlm": write_wavlm, "hubert": write_hubert, "wav2vec2": write_wav2vec2}
 
 
