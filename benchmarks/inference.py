@@ -684,7 +684,7 @@ def eager_attention(q, k, v):
 def reference_scene_embeddings(encoder: MaskedAutoencoder, frontend: nn.Module, audio: torch.Tensor) -> torch.Tensor:
     """The original MSM-MAE wrapper's loop: the batch normalised by its own statistics, zero-padded to
     whole units, one float32 encoder call per unit (eager attention), padded columns dropped."""
-    c = encoder.config
+    c = encoder.vit_config
     (_, pt), (gf, unit_columns), unit = c.patch_size, c.grid_size, c.input_size[1]
     with torch.no_grad(), mock.patch("torch.nn.functional.scaled_dot_product_attention", eager_attention):
         x = frontend(audio)
@@ -693,7 +693,7 @@ def reference_scene_embeddings(encoder: MaskedAutoencoder, frontend: nn.Module, 
         x = F.pad(x, (0, -x.shape[-1] % unit)).unsqueeze(1)
         frames = []
         for start in range(0, x.shape[-1], unit):
-            tokens = encoder.forward_encoder(x[..., start:start + unit])[:, int(c.use_cls_token):]  # (n, gf * K, D)
+            tokens = encoder.forward_encoder(x[..., start:start + unit])[:, c.num_prefix_tokens:]  # (n, gf * K, D)
             frames.append(tokens.reshape(n, gf, unit_columns, -1).permute(0, 2, 1, 3).reshape(n, unit_columns, -1))
         return torch.cat(frames, dim=1)[:, :columns].mean(dim=1)
 

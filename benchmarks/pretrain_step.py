@@ -107,10 +107,11 @@ def main():
             best = min(best, (time.perf_counter() - start) / args.steps)
     if args.json:
         return print(json.dumps({"seconds_per_step": best, "package": str(Path(hear_msm_mae.__file__).parent)}))
-    c = trainer.model_config
+    c = trainer.model_config.to_dict()  # the stored form, the same in every tree
     print(f"hear_msm_mae from {Path(hear_msm_mae.__file__).parent}; torch {torch.__version__}, {args.threads} threads")
-    print(f"{args.checkpoint.name}'s configuration: {c.embed_dim}-d, {c.depth} blocks, decoder {c.decoder_embed_dim}-d "
-          f"x {c.decoder_depth}, {c.input_size[0]}x{c.input_size[1]}, batch {config.batch_size}, {trainer.dtype}, "
+    print(f"{args.checkpoint.name}'s configuration: {c['embed_dim']}-d, {c['depth']} blocks, decoder "
+          f"{c['decoder_embed_dim']}-d x {c['decoder_depth']}, {c['input_size'][0]}x{c['input_size'][1]}, batch "
+          f"{config.batch_size}, {trainer.dtype}, "
           f"mask ratio {config.mask_ratio}, clip_grad {config.clip_grad}")
     print(f"train_step: {1 / best:.2f} steps / s ({best * 1000:.0f} ms / step), best of {args.rounds} rounds of "
           f"{args.steps} steps; other processes used {load.share():.0%} of the CPUs meanwhile")
