@@ -394,6 +394,7 @@ class Trainer:
                 if self.stop_requested():
                     return self.model
             self.save(self.out / "model.pth", training_state=False)
+            rt.barrier()  # no rank leaves (and tears down its group threads) while rank 0 still writes
         finally:
             if log:
                 log.close()
@@ -401,8 +402,16 @@ class Trainer:
 
 
 def train(config: PretrainConfig) -> MaskedAutoencoder:
-    """Run (or resume) pre-training; returns the trained model (every rank's copy)."""
-    return Trainer(config).fit()
+    """Run (or resume) pre-training; returns the trained model (every rank's copy).
+
+    Leaves torchrun's process group at the end if it joined it: a process that exits still in the group
+    can abort in gloo's threads ("terminate called without an active exception").
+    """
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.runtime.close()
 
 
 # -- command line --------------------------------------------------------------------------------------
