@@ -65,10 +65,13 @@ once, so a change in the machine's load hits them alike):
   peak RSS        VmHWM of a fresh process that loads the model and embeds one clip of 20 minutes (MSM-MAE:
                   also 5 minutes, to show it is flat), scene and timestamp embeddings.
   profile         one default scene call under torch.profiler: each op's self time, grouped into matmul
-                  (addmm, mm, oneDNN linear), attention (SDPA, bmm, softmax), conv (patch projections,
+                  (addmm, mm, oneDNN linear), attention (SDPA, bmm, softmax, oneDNN Graph's fused
+                  partitions), conv (patch projections,
                   BEATs' positions), norms, copies (copy_, clone, cat, padding) and other.
-  ablation        (--ablation, current trees only) MSM-MAE scene embeddings with the encoder's oneDNN-packed
-                  linears and/or its batched-product attention for short sequences switched off.
+  ablation        (--ablation, current trees only) every family's scene embeddings with oneDNN Graph's fused
+                  attention switched off (SDPA instead, hear_msm_mae.attention.FUSED_CPU_ATTENTION), in the
+                  same rounds; and MSM-MAE's with the encoder's oneDNN-packed linears and/or its
+                  batched-product attention for short sequences switched off.
   compile         (--compile) torch.compile (inductor) of the loaded encoder's `encode`, one static graph
                   per input shape, with and without torch._inductor.config.freezing, on the packed encoder
                   and on the same encoder unpacked: the first call, graph breaks, and the steady throughput
@@ -91,7 +94,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 from unittest import mock
 
 import torch
@@ -100,6 +103,7 @@ import torchaudio
 from torch import nn
 from torchaudio.models.wav2vec2.components import FeatureProjection
 
+from hear_msm_mae import attention as kernels
 from hear_msm_mae.frontend import LogMelSpectrogram
 from hear_msm_mae.precision import resolve_dtype
 from hear_msm_mae.pretrain.mae import MaskedAutoencoder
@@ -700,7 +704,7 @@ def reference_scene_embeddings(encoder: MaskedAutoencoder, frontend: nn.Module, 
 
 PROFILE_GROUPS = [  # (group, substrings of op names); the first group that matches takes the op
     ("matmul", ("addmm", "aten::mm", "linear", "aten::matmul")),
-    ("attention", ("scaled_dot_product", "flash_attention", "softmax", "aten::bmm", "aten::baddbmm")),
+    ("attention", ("scaled_dot_product", "flash_attention", "softmax", "aten::bmm", "aten::baddbmm", "LlgaPartition")),
     ("conv", ("conv",)),
     ("norms", ("layer_norm",)),
     ("copies", ("copy", "clone", "contiguous", "aten::cat", "pad", "aten::stack")),
@@ -765,6 +769,7 @@ class FamilyResult:
     shares: Dict[str, float]  # profile
     others: float  # other processes' share of the CPUs during the timing rounds
     memory: Dict[Tuple[str, int], dict]  # (kind, minutes) -> peak_rss
+    sdpa: Optional[Job]  # --ablation: the scene job with oneDNN Graph's fused attention off (SDPA)
 
 
 def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
@@ -781,6 +786,8 @@ def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
     seconds10 = audio10.numel() / SR
     jobs = {"scene": Job(lambda: hear.get_scene_embeddings(audio10, fast), seconds10, fast.encoder),
             "1-s clips": Job(lambda: hear.get_scene_embeddings(audio1, fast), audio1.numel() / SR, fast.encoder)}
+    if args.ablation:
+        jobs["scene, SDPA"] = Job(lambda: sdpa_scene(hear, audio10, fast), seconds10, fast.encoder)
     if bench.name == "msm_mae":
         reference_model = MaskedAutoencoder().eval()
         reference_model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
@@ -821,7 +828,16 @@ def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
             for m in minutes:
                 memory[kind, m] = peak_rss(bench.module, checkpoint, m * 60, kind, args.threads)
     return FamilyResult(bench, gemms["bf16"], jobs["scene"], jobs["1-s clips"], one_second_clips, cosines, shares,
-                        others, memory)
+                        others, memory, jobs.get("scene, SDPA"))
+
+
+def sdpa_scene(hear, audio: torch.Tensor, model) -> torch.Tensor:
+    """Scene embeddings with oneDNN Graph's fused attention switched off: SDPA for long sequences."""
+    kernels.FUSED_CPU_ATTENTION = False
+    try:
+        return hear.get_scene_embeddings(audio, model)
+    finally:
+        kernels.FUSED_CPU_ATTENTION = True
 
 
 def print_msm_mae_table(jobs: Dict[str, Job], gemms: Dict[str, Gemm], one_second_clips: int) -> None:
@@ -855,6 +871,13 @@ def print_summary(results: List[FamilyResult]) -> None:
           + "---|" * (len(PROFILE_GROUPS) + 1))
     for r in results:
         print(f"| {r.bench.title} | " + " | ".join(f"{v:.1%}" for v in r.shares.values()) + " |")
+    if any(r.sdpa for r in results):
+        print("\n| scene, 10-s clips | fused attention (default): audio s / wall s, roofline | SDPA instead | "
+              "fused / SDPA |\n|---|---|---|---|")
+        for r in results:
+            if r.sdpa:
+                print(f"| {r.bench.title} | {r.scene.rate:.1f}, {r.scene.gflops / r.gemm.peak:.0%} | {r.sdpa.rate:.1f}, "
+                      f"{r.sdpa.gflops / r.gemm.peak:.0%} | {r.scene.rate / r.sdpa.rate:.2f}x |")
     if any(r.memory for r in results):
         print("\n| one clip, fresh process | model loaded (MB) | peak RSS (MB) | wall (s) | audio s / wall s |\n"
               "|---|---|---|---|---|")
@@ -875,39 +898,39 @@ def unpack(model: nn.Module) -> nn.Module:
 
 
 def ablation(folder: Path, args) -> None:
-    """MSM-MAE default scene embeddings with each of the current encoder's two CPU paths switched off: packed
-    linears (fused bias, GELU, residual add) and short sequences' attention as two batched products
-    (vit.SHORT_ATTENTION_TOKENS; 0 sends every length to SDPA). Interleaved rounds."""
+    """MSM-MAE default scene embeddings with the current encoder's CPU paths switched, interleaved rounds:
+    packed linears (fused bias, GELU, residual add) or F.linear and separate operations; attention by oneDNN
+    Graph's fused kernel at every length, by two batched products up to SHORT_ATTENTION_TOKENS and SDPA
+    beyond, or by SDPA at every length (hear_msm_mae.attention's FUSED_CPU_ATTENTION, SHORT_ATTENTION_TOKENS)."""
     import hear_msm_mae
-    from hear_msm_mae.encoders import vit
 
     checkpoint = write_msm_mae(folder)
     audio = 0.1 * torch.randn(args.clips, 10 * SR)
     packed = hear_msm_mae.load_model(checkpoint, device="cpu")
     unpacked = unpack(hear_msm_mae.load_model(checkpoint, device="cpu"))
-    short = vit.SHORT_ATTENTION_TOKENS
+    default = (kernels.FUSED_CPU_ATTENTION, kernels.SHORT_ATTENTION_TOKENS)
+    strategies = {"oneDNN Graph fused attention": (True, 0), "batched products, then SDPA": (False, 128),
+                  "SDPA at every length": (False, 0)}
 
-    def job(model, short_tokens):
+    def job(model, strategy):
         def run():
-            vit.SHORT_ATTENTION_TOKENS = short_tokens
+            kernels.FUSED_CPU_ATTENTION, kernels.SHORT_ATTENTION_TOKENS = strategies[strategy]
             try:
                 return hear_msm_mae.get_scene_embeddings(audio, model)
             finally:
-                vit.SHORT_ATTENTION_TOKENS = short
+                kernels.FUSED_CPU_ATTENTION, kernels.SHORT_ATTENTION_TOKENS = default
         return Job(run, audio.numel() / SR, model.encoder)
 
-    jobs = {"packed linears, batched-product attention (default)": job(packed, short),
-            "packed linears, SDPA at every length": job(packed, 0),
-            "F.linear + GELU + add, batched-product attention": job(unpacked, short),
-            "F.linear + GELU + add, SDPA at every length": job(unpacked, 0)}
+    jobs = {(linears, strategy): job(model, strategy) for linears, model in
+            (("packed linears", packed), ("F.linear + GELU + add", unpacked)) for strategy in strategies}
     with torch.inference_mode():
         others = measure_rounds(list(jobs.values()), args.repeats)
-    base = jobs["F.linear + GELU + add, SDPA at every length"].rate
+    base = jobs["F.linear + GELU + add", "SDPA at every length"].rate
     print(f"\n| MSM-MAE 80x208, {args.clips} x 10-s clips, scene | audio s / wall s | vs neither |\n|---|---|---|")
-    for name, j in jobs.items():
-        print(f"| {name} | {j.rate:.1f} | {j.rate / base:.2f}x |")
-    print(f"(other processes used {others:.0%} of the CPUs during the timing rounds)")
-
+    for (linears, strategy), j in jobs.items():
+        print(f"| {linears}, {strategy} | {j.rate:.1f} | {j.rate / base:.2f}x |")
+    print(f"(the package's default: fused={default[0]}, short sequences up to {default[1]} tokens as products; other "
+          f"processes used {others:.0%} of the CPUs during the timing rounds)")
 
 
 def compile_data_point(folder: Path, args) -> None:

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 
 from hear_msm_mae.precision import fast_dtype, resolve_dtype
 from hear_msm_mae.linear import Linear, can_pack, pack
-from hear_msm_mae.encoders.vit import SHORT_ATTENTION_TOKENS, Block, attention
+from hear_msm_mae import attention as kernels
+from hear_msm_mae.attention import SHORT_ATTENTION_TOKENS, FusedAttention, attention
+from hear_msm_mae.encoders.vit import Block
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_packed_linear_equals_the_separate_operations(dtype, tol):
@@ -38,13 +40,77 @@ def test_packing_a_block_fuses_msm_mae_query_value_biases():
         torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
 
 
+def qkv(n, heads, tokens, d, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(n, heads, tokens, d, generator=g).to(dtype) for _ in range(3))
+
+
 @pytest.mark.parametrize("tokens", [5, SHORT_ATTENTION_TOKENS, SHORT_ATTENTION_TOKENS + 1, 300])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_attention_equals_sdpa_short_and_long(tokens, dtype, tol):
-    """On the CPU short sequences take two products and a softmax; SDPA (what a GPU runs) agrees."""
-    q, k, v = (torch.randn(2, 3, tokens, 16, generator=torch.Generator().manual_seed(i)).to(dtype) for i in range(3))
-    torch.testing.assert_close(attention(q, k, v).float(), F.scaled_dot_product_attention(q, k, v).float(),
-                               rtol=tol, atol=tol)
+    """On the CPU short sequences take two products and a softmax, long bf16 ones oneDNN Graph's fused kernel;
+    SDPA (what a GPU runs) agrees."""
+    q, k, v = qkv(2, 3, tokens, 16, dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(attention(q, k, v).float(), F.scaled_dot_product_attention(q, k, v).float(),
+                                   rtol=tol, atol=tol)
+
+
+def llga_partitions(run) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("LlgaPartition"))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_long_bfloat16_attention_is_one_fused_onednn_kernel(with_bias):
+    """CPU bf16 inference beyond SHORT_ATTENTION_TOKENS: one oneDNN Graph partition per call, computing what the products compute (scores rounded to bf16, as a bf16 product leaves
+    them; a float32 softmax), close to float32 attention."""
+    tokens = 2 * SHORT_ATTENTION_TOKENS + 3
+    q, k, v = qkv(2, 4, tokens, 64, torch.bfloat16, seed=1)
+    bias = torch.randn(2, 4, tokens, tokens, generator=torch.Generator().manual_seed(2)).bfloat16() if with_bias \
+        else None
+    with torch.no_grad():
+        first = attention(q, k, v, bias)
+        assert llga_partitions(lambda: attention(q, k, v, bias)) == 1
+        fused = attention(q, k, v, bias)
+        assert torch.equal(fused, first)  # a layout's first call is fused too: no call depends on what came before
+        alone = attention(q[:1], k[:1], v[:1], None if bias is None else bias[:1])
+        assert torch.equal(alone, fused[:1])  # nor on its batch-mates
+        scores = torch.matmul(q, k.transpose(-1, -2)) * 64 ** -0.5  # bf16, as the fused graph states it
+        scores = scores + bias if with_bias else scores
+        products = torch.matmul(scores.float().softmax(-1).bfloat16(), v)
+        exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                               attn_mask=None if bias is None else bias.float())
+    torch.testing.assert_close(fused.float(), products.float(), rtol=2e-2, atol=2e-2)
+    assert F.cosine_similarity(fused.float().flatten(1), exact.flatten(1)).min() > 0.9999
+    assert not torch._C._jit_llga_enabled()  # torch.jit's process-wide switch is left as it was
+
+
+def test_fused_attention_keeps_a_bounded_graph_per_layout_and_training_uses_sdpa():
+    fused = FusedAttention(max_layouts=2)
+    with torch.no_grad():
+        for tokens in (130, 150, 170, 130, 150):
+            q, k, v = qkv(1, 2, tokens, 32, torch.bfloat16, seed=tokens)
+            torch.testing.assert_close(fused(q, k, v, None).float(), F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float()), rtol=3e-2, atol=3e-2)
+            assert len(fused.graphs) <= 2
+    assert [key[0][0][-2] for key in fused.graphs] == [130, 150]  # the two most recently used layouts
+    q, k, v = (x.requires_grad_() for x in qkv(1, 2, 300, 32, torch.bfloat16))
+    before = len(kernels.FUSED.graphs)
+    attention(q, k, v).float().sum().backward()  # gradients recorded: SDPA, whose backward exists
+    assert q.grad is not None and len(kernels.FUSED.graphs) == before
+
+
+def test_fused_attention_that_fails_falls_back_to_sdpa_for_good(monkeypatch):
+    fused = FusedAttention()
+    def broken_trace(*args, **kwargs):
+        raise RuntimeError("no oneDNN Graph in this build")
+    monkeypatch.setattr(torch.jit, "trace", broken_trace)
+    q, k, v = qkv(1, 2, 200, 32, torch.bfloat16)
+    with torch.no_grad(), pytest.warns(UserWarning, match="no oneDNN Graph in this build"):
+        out = fused(q, k, v, None)
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v)) and not fused.available
 
 
 @pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),

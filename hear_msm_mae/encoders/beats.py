@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import attention
 from ..grid import resolve_layers
 from ..linear import Linear
 
@@ -153,7 +154,7 @@ class GatedRelativeAttention(nn.Module):
         gate_a, gate_b = gates.chunk(2, dim=-1)  # (n, H, L, 1) each
         gate = gate_a * (gate_b * self.grep_a - 1.0) + 2.0
         bias = gate * position_bias if mask is None else torch.mul(gate, position_bias, out=mask)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (n, H, L, d)
+        x = attention(q, k, v, bias)  # (n, H, L, d)
         return self.out_proj(x.transpose(1, 2).reshape(n, length, dim), residual=residual)
 
 

@@ -1,0 +1,110 @@
+"""Scaled dot-product attention for every encoder here: one function, the fastest kernel per case.
+
+    attention(q, k, v, bias=None) = softmax(q k^T / sqrt(d) + bias) v
+    q, k, v: (n, heads, L, d); bias: (n, heads, L, L) or None; out: (n, heads, L, d)
+
+Which kernel runs:
+
+- short sequences on the CPU (L <= SHORT_ATTENTION_TOKENS, no bias): two batched products and a float32
+  softmax (ViT-Base, 65 tokens: faster than any fused kernel here, and the scores are small);
+- long sequences in bfloat16 on the CPU, no gradients: oneDNN Graph's fused attention, reached through
+  torch.jit's oneDNN fusion (`FusedAttention`), 2-2.4x SDPA's CPU kernel on this project's machine (Zen 4,
+  avx512_bf16: 230-320 against 120-155 GFLOP/s at 250-1214 tokens; benchmarks/README.md);
+- everything else (GPUs, float32, training): `scaled_dot_product_attention`.
+
+The two CPU paths round the scores q k^T / sqrt(d) to bfloat16 before the softmax, as a bfloat16 product
+does; SDPA keeps them in float32. Against float32 attention this costs a cosine of about 0.99993 per
+attention output (0.99998 for SDPA), and what reaches an embedding is measured by benchmarks/inference.py
+(bf16 vs float32 min cosine). float32 never takes the fused path: it is the exact mode.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+SHORT_ATTENTION_TOKENS = 128  # at most this many tokens: batched products on the CPU
+FUSED_CPU_ATTENTION = True  # oneDNN Graph's fused kernel for long bfloat16 sequences (benchmarks switch it off)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v for (n, heads, L, d); `bias` (n, heads, L, L) is added to the scores."""
+    if q.device.type == "cpu":
+        if bias is None and q.shape[-2] <= SHORT_ATTENTION_TOKENS:
+            scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (n, heads, L, L)
+            return torch.matmul(scores.float().softmax(dim=-1).to(v.dtype), v)
+        if FUSED_CPU_ATTENTION and q.dtype == torch.bfloat16 and not torch.is_grad_enabled() and FUSED.available:
+            return FUSED(q, k, v, bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def _products(scale: float, with_bias: bool) -> Callable:
+    """The attention the JIT sees: oneDNN Graph fuses these operations, scale and bias included, into one
+    partition (scaling q first would leave the scaling outside it)."""
+    if with_bias:
+        def products(q, k, v, bias):
+            return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale + bias, -1), v)
+    else:
+        def products(q, k, v):
+            return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, -1), v)
+    return products
+
+
+class FusedAttention:
+    """oneDNN Graph's fused CPU attention through torch.jit, one traced graph per input layout.
+
+    torch.jit's profiling executor specialises a traced graph to the shapes and strides it runs on and
+    hands the specialised graph to oneDNN Graph, which fuses the products and the softmax into one
+    kernel. A graph stops specialising after a few layouts (then it runs unfused, slower than SDPA), so
+    each layout (shapes and strides of the inputs) gets a graph of its own; the `max_layouts` most
+    recently used are kept. A layout's first call runs unfused while the executor profiles it. oneDNN
+    fusion is a process-wide switch of torch.jit: it is turned on for these calls only and restored.
+    If the fusion is missing from this torch build or fails, SDPA runs instead, from then on.
+    """
+
+    def __init__(self, max_layouts: int = 16):
+        self.max_layouts = max_layouts
+        self.graphs: "OrderedDict[Tuple, Callable]" = OrderedDict()
+        self.lock = threading.Lock()
+        self.available = hasattr(torch.jit, "enable_onednn_fusion") and hasattr(torch._C, "_jit_llga_enabled")
+
+    def graph(self, key: Tuple, scale: float, inputs: Tuple[torch.Tensor, ...]) -> Callable:
+        with self.lock:
+            if key in self.graphs:
+                self.graphs.move_to_end(key)
+                return self.graphs[key]
+        tiny = tuple(x.new_zeros((1,) * x.dim()) for x in inputs)  # the graph is traced on these, not run big
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+            graph = torch.jit.trace(_products(scale, len(inputs) == 4), tiny, check_trace=False)
+        # the executor's profiling run, on zeros of this layout: the caller's first call is fused, like the rest
+        graph(*(x.new_empty_strided(x.shape, x.stride()).zero_() for x in inputs))
+        with self.lock:
+            self.graphs[key] = graph
+            while len(self.graphs) > self.max_layouts:
+                self.graphs.popitem(last=False)
+        return graph
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 bias: Optional[torch.Tensor]) -> torch.Tensor:
+        inputs = (q, k, v) if bias is None else (q, k, v, bias)
+        key = tuple((x.shape, x.stride(), x.dtype) for x in inputs)
+        before = torch._C._jit_llga_enabled()
+        try:
+            graph = self.graph(key, q.shape[-1] ** -0.5, inputs)
+            torch.jit.enable_onednn_fusion(True)
+            return graph(*inputs)
+        except RuntimeError as e:
+            self.available = False
+            warnings.warn(f"oneDNN Graph attention failed ({e}); using scaled_dot_product_attention from now on")
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        finally:
+            torch.jit.enable_onednn_fusion(before)
+
+
+FUSED = FusedAttention()
