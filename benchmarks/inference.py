@@ -69,7 +69,8 @@ once, so a change in the machine's load hits them alike):
                   partitions), conv (patch projections,
                   BEATs' positions), norms, copies (copy_, clone, cat, padding) and other.
   ablation        (--ablation, current trees only) every family's scene embeddings with oneDNN Graph's fused
-                  attention switched off (SDPA instead, hear_msm_mae.attention.FUSED_CPU_ATTENTION), in the
+                  attention switched off (SDPA instead, hear_msm_mae.attention.FUSED_CPU_ATTENTION), BEATs'
+                  also with its position convolution direct instead of by FFT (hear_msm_mae.conv), in the
                   same rounds; and MSM-MAE's with the encoder's oneDNN-packed linears and/or its
                   batched-product attention for short sequences switched off.
   compile         (--compile) torch.compile (inductor) of the loaded encoder's `encode`, one static graph
@@ -103,7 +104,7 @@ import torchaudio
 from torch import nn
 from torchaudio.models.wav2vec2.components import FeatureProjection
 
-from hear_msm_mae import attention as kernels
+from hear_msm_mae import attention as kernels, conv
 from hear_msm_mae.frontend import LogMelSpectrogram
 from hear_msm_mae.precision import resolve_dtype
 from hear_msm_mae.pretrain.mae import MaskedAutoencoder
@@ -770,6 +771,7 @@ class FamilyResult:
     others: float  # other processes' share of the CPUs during the timing rounds
     memory: Dict[Tuple[str, int], dict]  # (kind, minutes) -> peak_rss
     sdpa: Optional[Job]  # --ablation: the scene job with oneDNN Graph's fused attention off (SDPA)
+    direct_conv: Optional[Job]  # --ablation, BEATs: with its position convolution direct instead of by FFT
 
 
 def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
@@ -787,7 +789,11 @@ def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
     jobs = {"scene": Job(lambda: hear.get_scene_embeddings(audio10, fast), seconds10, fast.encoder),
             "1-s clips": Job(lambda: hear.get_scene_embeddings(audio1, fast), audio1.numel() / SR, fast.encoder)}
     if args.ablation:
-        jobs["scene, SDPA"] = Job(lambda: sdpa_scene(hear, audio10, fast), seconds10, fast.encoder)
+        jobs["scene, SDPA"] = Job(lambda: switched_off(kernels, "FUSED_CPU_ATTENTION", hear, audio10, fast),
+                                  seconds10, fast.encoder)
+        if bench.name == "beats":
+            jobs["scene, direct conv"] = Job(lambda: switched_off(conv, "FFT_CONVOLUTION", hear, audio10, fast),
+                                             seconds10, fast.encoder)
     if bench.name == "msm_mae":
         reference_model = MaskedAutoencoder().eval()
         reference_model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
@@ -828,16 +834,16 @@ def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
             for m in minutes:
                 memory[kind, m] = peak_rss(bench.module, checkpoint, m * 60, kind, args.threads)
     return FamilyResult(bench, gemms["bf16"], jobs["scene"], jobs["1-s clips"], one_second_clips, cosines, shares,
-                        others, memory, jobs.get("scene, SDPA"))
+                        others, memory, jobs.get("scene, SDPA"), jobs.get("scene, direct conv"))
 
 
-def sdpa_scene(hear, audio: torch.Tensor, model) -> torch.Tensor:
-    """Scene embeddings with oneDNN Graph's fused attention switched off: SDPA for long sequences."""
-    kernels.FUSED_CPU_ATTENTION = False
+def switched_off(module, flag: str, hear, audio: torch.Tensor, model) -> torch.Tensor:
+    """Scene embeddings with one of the package's CPU paths switched off: `flag` of `module` False."""
+    setattr(module, flag, False)
     try:
         return hear.get_scene_embeddings(audio, model)
     finally:
-        kernels.FUSED_CPU_ATTENTION = True
+        setattr(module, flag, True)
 
 
 def print_msm_mae_table(jobs: Dict[str, Job], gemms: Dict[str, Gemm], one_second_clips: int) -> None:
@@ -878,6 +884,10 @@ def print_summary(results: List[FamilyResult]) -> None:
             if r.sdpa:
                 print(f"| {r.bench.title} | {r.scene.rate:.1f}, {r.scene.gflops / r.gemm.peak:.0%} | {r.sdpa.rate:.1f}, "
                       f"{r.sdpa.gflops / r.gemm.peak:.0%} | {r.scene.rate / r.sdpa.rate:.2f}x |")
+            if r.direct_conv:
+                print(f"| {r.bench.title}: position convolution direct instead of by FFT | | "
+                      f"{r.direct_conv.rate:.1f}, {r.direct_conv.gflops / r.gemm.peak:.0%} | "
+                      f"{r.scene.rate / r.direct_conv.rate:.2f}x |")
     if any(r.memory for r in results):
         print("\n| one clip, fresh process | model loaded (MB) | peak RSS (MB) | wall (s) | audio s / wall s |\n"
               "|---|---|---|---|---|")

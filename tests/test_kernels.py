@@ -9,6 +9,7 @@ from hear_msm_mae.precision import fast_dtype, resolve_dtype
 from hear_msm_mae.linear import Linear, can_pack, pack
 from hear_msm_mae import attention as kernels
 from hear_msm_mae.attention import SHORT_ATTENTION_TOKENS, FusedAttention, attention
+from hear_msm_mae.conv import SpectralWeights, conv1d_by_fft, fft_size
 from hear_msm_mae.encoders.vit import Block
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
@@ -122,3 +123,47 @@ def test_auto_dtype_on_gpus(capability, expected):
         assert resolve_dtype("auto", torch.device("cuda", 0)) == expected
         assert resolve_dtype("float32", torch.device("cuda", 0)) == torch.float32
     assert not can_pack(torch.device("cuda", 0))  # the GPU keeps the separate operations
+
+
+@pytest.mark.parametrize("channels, groups, kernel, padding, length", [(768 // 8, 16 // 8, 128, 64, 504 // 4),
+                                                                      (12, 3, 5, 2, 31), (8, 1, 4, 0, 9),
+                                                                      (6, 6, 7, 5, 1)])
+def test_convolution_by_fft_is_the_direct_convolution(channels, groups, kernel, padding, length):
+    g = torch.Generator().manual_seed(kernel)
+    x = torch.randn(3, channels, length, generator=g, dtype=torch.float64)
+    weight = torch.randn(channels, channels // groups, kernel, generator=g, dtype=torch.float64) / kernel
+    bias = torch.randn(channels, generator=g, dtype=torch.float64)
+    exact = F.conv1d(x, weight, bias, padding=padding, groups=groups)
+    spectra = SpectralWeights()
+    out = conv1d_by_fft(x.float(), weight.float(), bias.float(), padding, groups, spectra)
+    assert out.dtype == torch.float32 and out.shape == exact.shape
+    assert (out.double() - exact).abs().max() <= 1e-5 * exact.abs().max()
+    bf16 = conv1d_by_fft(x.bfloat16(), weight.bfloat16(), bias.bfloat16(), padding, groups, spectra)
+    assert bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16.double(), exact, rtol=2e-2, atol=2e-2 * exact.abs().max().item())
+
+
+def test_weight_spectra_are_one_set_for_the_longest_input_remade_when_the_weight_changes():
+    weight, spectra = torch.randn(4, 2, 8), SpectralWeights()
+    first = spectra.get(weight, 2, 16)
+    assert first.shape == (9, 2, 2, 2) and spectra.size == 16
+    assert spectra.get(weight, 2, 10) is first  # a shorter input: the same spectra
+    assert spectra.get(weight, 2, 17).shape[0] == 18 // 2 + 1 and spectra.size == 18  # a longer one: larger
+    weight.mul_(2)  # the same tensor, changed in place
+    torch.testing.assert_close(spectra.get(weight, 2, 16), 2 * first)  # remade, at the size now needed
+
+
+def test_fft_sizes_are_the_smallest_smooth_numbers():
+    smooth = [n for n in range(1, 700) if all(p in (2, 3, 5) for p in prime_factors(n))]
+    for n in range(1, 650):
+        assert fft_size(n) == min(m for m in smooth if m >= n)
+
+
+def prime_factors(n):
+    p, out = 2, []
+    while n > 1:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    return out

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import attention
+from .. import conv as conv_module
+from ..conv import SpectralWeights, conv1d_by_fft
 from ..grid import resolve_layers
 from ..linear import Linear
 
@@ -187,6 +189,7 @@ class TransformerEncoder(nn.Module):
         # A Sequential so the weights keep the reference's names (its Sequential is conv, SamePad, GELU).
         self.pos_conv = nn.Sequential(nn.Conv1d(dim, dim, config.conv_pos, padding=config.conv_pos // 2,
                                                 groups=config.conv_pos_groups))
+        self.pos_conv_spectra = SpectralWeights()
         self.layer_norm = nn.LayerNorm(dim)
         # _weight: no normal_ initialisation, which on the meta device imports triton (a crash beside TensorFlow)
         self.relative_attention_bias = nn.Embedding(config.num_buckets, config.encoder_attention_heads,
@@ -197,10 +200,17 @@ class TransformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, layers: Sequence[int]) -> List[torch.Tensor]:
         """Time-major tokens (n, L, D) -> the states `layers` (0: entering block 0, k: out of block k)."""
         length = x.shape[1]
-        position = F.gelu(self.pos_conv(x.transpose(1, 2))[..., :length])  # (n, D, L)
+        conv = self.pos_conv[0]
+        if conv_module.FFT_CONVOLUTION and x.device.type == "cpu" and not torch.is_grad_enabled():  # 4x faster
+            position = conv1d_by_fft(x.transpose(1, 2), conv.weight, conv.bias, conv.padding[0], conv.groups,
+                                     self.pos_conv_spectra)
+        else:
+            position = conv(x.transpose(1, 2))
+        position = F.gelu(position[..., :length])  # (n, D, L)
         x = self.layer_norm(x + position.transpose(1, 2))
         buckets = relative_buckets(length, self.num_buckets, self.max_distance, x.device)  # (L, L)
-        position_bias = self.relative_attention_bias(buckets).permute(2, 0, 1)  # (H, L, L)
+        # (H, L, L), made contiguous once: every block's gate multiplies it, 2.5x slower from the permuted view
+        position_bias = self.relative_attention_bias(buckets).permute(2, 0, 1).contiguous()
         # (n, H, L, L): each block's gated bias, in one buffer (not when gradients are recorded: out= has none)
         mask = None if torch.is_grad_enabled() else x.new_empty(x.shape[0], *position_bias.shape)
         states = {0: x}
