@@ -6,10 +6,12 @@
 Which kernel runs:
 
 - short sequences on the CPU (L <= SHORT_ATTENTION_TOKENS, no bias): two batched products and a float32
-  softmax (ViT-Base, 65 tokens: faster than any fused kernel here, and the scores are small);
-- long sequences in bfloat16 on the CPU, no gradients: oneDNN Graph's fused attention, reached through
-  torch.jit's oneDNN fusion (`FusedAttention`), 2-2.4x SDPA's CPU kernel on this project's machine (Zen 4,
-  avx512_bf16: 230-320 against 120-155 GFLOP/s at 250-1214 tokens; benchmarks/README.md);
+  softmax (ViT-Base, 65 tokens: as fast as the fused kernel in a whole MSM-MAE call, 72.7 against 73.0
+  audio s / s, without a compiled graph for each of the many short layouts);
+- longer sequences in bfloat16 on the CPU, no gradients: oneDNN Graph's fused attention, reached through
+  torch.jit's oneDNN fusion (`FusedAttention`): 2-2.4x SDPA's CPU kernel on this project's machine (Zen 4,
+  avx512_bf16, 2 threads: 230-305 against 110-142 GFLOP/s at 191-1214 tokens; with a bias, 197-234 against
+  86-128), which makes Audio-MAE, AST and BEATs 1.17-1.26x faster (benchmarks/README.md);
 - everything else (GPUs, float32, training): `scaled_dot_product_attention`.
 
 The two CPU paths round the scores q k^T / sqrt(d) to bfloat16 before the softmax, as a bfloat16 product
@@ -21,8 +23,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections import OrderedDict
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -61,50 +62,54 @@ class FusedAttention:
     torch.jit's profiling executor specialises a traced graph to the shapes and strides it runs on and
     hands the specialised graph to oneDNN Graph, which fuses the products and the softmax into one
     kernel. A graph stops specialising after a few layouts (then it runs unfused, slower than SDPA), so
-    each layout (shapes and strides of the inputs) gets a graph of its own; the `max_layouts` most
-    recently used are kept. A layout's first call runs unfused while the executor profiles it. oneDNN
-    fusion is a process-wide switch of torch.jit: it is turned on for these calls only and restored.
-    If the fusion is missing from this torch build or fails, SDPA runs instead, from then on.
+    each layout (shapes and strides of the inputs) gets a graph of its own, profiled on zeros of the
+    layout when it is made, so that every call with real inputs is fused and the same.
+
+    Memory: torch.jit keeps every traced function for the life of the process (its global compilation
+    unit), with the kernels compiled for it: about 30 MB at the first layout, then 5 MB (250 tokens) to
+    30 MB (1214 tokens x 3 units) per layout, measured. So at most `max_layouts` layouts are compiled,
+    first come; later layouts run SDPA (the same attention, its scores rounded as float32). The engine's
+    bounded batches make few layouts: a full-unit call and a remainder per clip length.
+
+    oneDNN fusion is a process-wide switch of torch.jit: it is turned on for these calls only and
+    restored. If the fusion is missing from this torch build or fails, SDPA runs instead, from then on.
     """
 
-    def __init__(self, max_layouts: int = 16):
+    def __init__(self, max_layouts: int = 32):
         self.max_layouts = max_layouts
-        self.graphs: "OrderedDict[Tuple, Callable]" = OrderedDict()
+        self.graphs: Dict[Tuple, Callable] = {}
         self.lock = threading.Lock()
         self.available = hasattr(torch.jit, "enable_onednn_fusion") and hasattr(torch._C, "_jit_llga_enabled")
 
-    def graph(self, key: Tuple, scale: float, inputs: Tuple[torch.Tensor, ...]) -> Callable:
+    def graph(self, key: Tuple, scale: float, inputs: Tuple[torch.Tensor, ...]) -> Optional[Callable]:
+        """The layout's graph, made now if the budget allows; None when it does not."""
         with self.lock:
-            if key in self.graphs:
-                self.graphs.move_to_end(key)
-                return self.graphs[key]
-        tiny = tuple(x.new_zeros((1,) * x.dim()) for x in inputs)  # the graph is traced on these, not run big
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notice
-            graph = torch.jit.trace(_products(scale, len(inputs) == 4), tiny, check_trace=False)
-        # the executor's profiling run, on zeros of this layout: the caller's first call is fused, like the rest
-        graph(*(x.new_empty_strided(x.shape, x.stride()).zero_() for x in inputs))
-        with self.lock:
+            if key in self.graphs or len(self.graphs) >= self.max_layouts:
+                return self.graphs.get(key)
+            tiny = tuple(x.new_zeros((1,) * x.dim()) for x in inputs)  # the graph is traced on these
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+                graph = torch.jit.trace(_products(scale, len(inputs) == 4), tiny, check_trace=False)
+            graph(*(x.new_empty_strided(x.shape, x.stride()).zero_() for x in inputs))  # the profiling run
             self.graphs[key] = graph
-            while len(self.graphs) > self.max_layouts:
-                self.graphs.popitem(last=False)
-        return graph
+            return graph
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  bias: Optional[torch.Tensor]) -> torch.Tensor:
         inputs = (q, k, v) if bias is None else (q, k, v, bias)
         key = tuple((x.shape, x.stride(), x.dtype) for x in inputs)
         before = torch._C._jit_llga_enabled()
+        torch.jit.enable_onednn_fusion(True)
         try:
             graph = self.graph(key, q.shape[-1] ** -0.5, inputs)
-            torch.jit.enable_onednn_fusion(True)
-            return graph(*inputs)
+            if graph is not None:
+                return graph(*inputs)
         except RuntimeError as e:
             self.available = False
             warnings.warn(f"oneDNN Graph attention failed ({e}); using scaled_dot_product_attention from now on")
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         finally:
             torch.jit.enable_onednn_fusion(before)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 FUSED = FusedAttention()
