@@ -9,11 +9,13 @@ multiply-adds: the padded input's spectrum (float32), one complex product per fr
 group's channels, the inverse transform. 4x faster at 504 tokens x 768 channels, and more exact than either
 direct form (max error 1.9e-7 of the largest output against float64; float32 direct 3.9e-7, bf16 3.6e-3).
 The weight's spectra ((F, groups, C_out / groups, C / groups) complex64: 95 MB for BEATs-Base at 504 tokens)
-are made once and kept by `SpectralWeights` (one set, for the longest input seen).
+are made once per transform size and kept by `SpectralWeights` (the two sizes used last: a clip's full units
+and its last one).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from collections import OrderedDict
+from typing import Tuple
 
 import torch
 from torch.nn import functional as F
@@ -37,31 +39,34 @@ def fft_size(n: int) -> int:
     return best
 
 
+def transform_size(length: int) -> int:
+    """The transform size for inputs of `length` samples: a multiple of 64 whose cofactor is 2^a 3^b 5^c (few
+    distinct sizes, each fast)."""
+    return 64 * fft_size(-(-length // 64))
+
+
 class SpectralWeights:
-    """A grouped Conv1d's weight as spectra for one transform size, kept until a longer input needs a larger
-    size (shorter inputs reuse it: any size that holds the padded input is exact) or the weight changes."""
+    """A grouped Conv1d's weight as spectra, for the `max_sizes` transform sizes used last; remade when the
+    weight changes."""
 
-    def __init__(self):
-        self.key: Optional[Tuple] = None
-        self.spectra: Optional[torch.Tensor] = None
+    def __init__(self, max_sizes: int = 2):
+        self.max_sizes = max_sizes
+        self.cache: "OrderedDict[Tuple, torch.Tensor]" = OrderedDict()
 
-    def get(self, weight: torch.Tensor, groups: int, length: int) -> torch.Tensor:
-        """Spectra for inputs of up to `length` samples (padding included): (F, groups, C_out / groups,
-        C / groups) complex64 with F = size // 2 + 1 for the size they were made for."""
-        same_weight = (groups, weight.data_ptr(), weight._version, weight.device)
-        if self.key is None or self.key[1:] != same_weight or self.key[0] < length:
-            size = fft_size(length)
-            c_out, c_in, _ = weight.shape
-            self.spectra = None  # the old spectra go before the new ones are made
-            # correlation = convolution with the reversed kernel
-            spectra = torch.fft.rfft(weight.detach().float().flip(-1), size)  # (C_out, C / groups, F)
-            self.spectra = spectra.view(groups, c_out // groups, c_in, -1).permute(3, 0, 1, 2).contiguous()
-            self.key = (size, *same_weight)
-        return self.spectra
-
-    @property
-    def size(self) -> int:
-        return self.key[0]
+    def get(self, weight: torch.Tensor, groups: int, size: int) -> torch.Tensor:
+        """(C_out, C / groups, K) -> (size // 2 + 1, groups, C_out / groups, C / groups), complex64."""
+        key = (size, groups, weight.data_ptr(), weight._version, weight.device)
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        for old in [k for k in self.cache if k[1:] != key[1:]]:  # a changed weight's spectra go
+            del self.cache[old]
+        while len(self.cache) >= self.max_sizes:
+            self.cache.popitem(last=False)
+        c_out, c_in, _ = weight.shape
+        spectra = torch.fft.rfft(weight.detach().float().flip(-1), size)  # correlation: the kernel reversed
+        self.cache[key] = spectra.view(groups, c_out // groups, c_in, -1).permute(3, 0, 1, 2).contiguous()
+        return self.cache[key]
 
 
 def conv1d_by_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int, groups: int,
@@ -70,8 +75,8 @@ def conv1d_by_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pad
     n, channels, length = x.shape
     kernel = weight.shape[-1]
     out_length = length + 2 * padding - kernel + 1
-    w = spectra.get(weight, groups, length + 2 * padding)  # (F, G, C_out / G, C / G); no wrap reaches the output
-    size = spectra.size
+    size = transform_size(length + 2 * padding)  # no circular wrap reaches the outputs kept
+    w = spectra.get(weight, groups, size)  # (F, G, C_out / G, C / G)
     xf = torch.fft.rfft(F.pad(x.float(), (padding, padding)), size)  # (n, C, F)
     xf = xf.view(n, groups, channels // groups, -1).permute(3, 1, 2, 0)  # (F, G, C / G, n)
     yf = torch.matmul(w, xf).permute(3, 1, 2, 0).reshape(n, -1, xf.shape[0])  # (n, C_out, F)

@@ -9,7 +9,7 @@ from hear_msm_mae.precision import fast_dtype, resolve_dtype
 from hear_msm_mae.linear import Linear, can_pack, pack
 from hear_msm_mae import attention as kernels
 from hear_msm_mae.attention import SHORT_ATTENTION_TOKENS, FusedAttention, attention
-from hear_msm_mae.conv import SpectralWeights, conv1d_by_fft, fft_size
+from hear_msm_mae.conv import SpectralWeights, conv1d_by_fft, fft_size, transform_size
 from hear_msm_mae.encoders.vit import Block
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
@@ -147,20 +147,24 @@ def test_convolution_by_fft_is_the_direct_convolution(channels, groups, kernel, 
     torch.testing.assert_close(bf16.double(), exact, rtol=2e-2, atol=2e-2 * exact.abs().max().item())
 
 
-def test_weight_spectra_are_one_set_for_the_longest_input_remade_when_the_weight_changes():
-    weight, spectra = torch.randn(4, 2, 8), SpectralWeights()
+def test_weight_spectra_are_kept_for_the_sizes_used_last_and_remade_when_the_weight_changes():
+    weight, spectra = torch.randn(4, 2, 8), SpectralWeights(max_sizes=2)
     first = spectra.get(weight, 2, 16)
-    assert first.shape == (9, 2, 2, 2) and spectra.size == 16
-    assert spectra.get(weight, 2, 10) is first  # a shorter input: the same spectra
-    assert spectra.get(weight, 2, 17).shape[0] == 18 // 2 + 1 and spectra.size == 18  # a longer one: larger
+    assert first.shape == (9, 2, 2, 2) and spectra.get(weight, 2, 16) is first
+    spectra.get(weight, 2, 30)
+    assert spectra.get(weight, 2, 16) is first  # both sizes kept
+    spectra.get(weight, 2, 40)  # a third: the one used longest ago (30) goes
+    assert [key[0] for key in spectra.cache] == [16, 40]
     weight.mul_(2)  # the same tensor, changed in place
-    torch.testing.assert_close(spectra.get(weight, 2, 16), 2 * first)  # remade, at the size now needed
+    torch.testing.assert_close(spectra.get(weight, 2, 16), 2 * first)
+    assert len(spectra.cache) == 1
 
 
 def test_fft_sizes_are_the_smallest_smooth_numbers():
     smooth = [n for n in range(1, 700) if all(p in (2, 3, 5) for p in prime_factors(n))]
     for n in range(1, 650):
         assert fft_size(n) == min(m for m in smooth if m >= n)
+        assert transform_size(n) == 64 * min(m for m in smooth if 64 * m >= n)
 
 
 def prime_factors(n):
