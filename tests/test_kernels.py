@@ -9,7 +9,7 @@ from hear_msm_mae.precision import fast_dtype, resolve_dtype
 from hear_msm_mae.linear import Linear, can_pack, pack
 from hear_msm_mae import attention as kernels
 from hear_msm_mae.attention import SHORT_ATTENTION_TOKENS, FusedAttention, attention
-from hear_msm_mae.conv import SpectralWeights, conv1d_by_fft, fft_size, transform_size
+from hear_msm_mae.conv import SpectralWeights, conv1d_by_fft, fft_size, long_conv1d, transform_size
 from hear_msm_mae.encoders.vit import Block
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
@@ -175,3 +175,14 @@ def prime_factors(n):
             n //= p
         p += 1
     return out
+
+
+def test_a_long_convolution_runs_by_fft_for_cpu_inference_and_as_the_module_when_training():
+    conv = torch.nn.Conv1d(8, 8, 16, padding=8, groups=2)
+    x, spectra = torch.randn(2, 8, 40), SpectralWeights()
+    with torch.no_grad():
+        fast = long_conv1d(conv, x, spectra)
+        torch.testing.assert_close(fast, conv(x), rtol=1e-5, atol=1e-5)
+    assert len(spectra.cache) == 1
+    trained = long_conv1d(conv, x, SpectralWeights())
+    assert trained.grad_fn is not None and torch.equal(trained, conv(x))  # the module's own kernel and backward

@@ -35,8 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import attention
-from .. import conv as conv_module
-from ..conv import SpectralWeights, conv1d_by_fft
+from ..conv import SpectralWeights, long_conv1d
 from ..grid import resolve_layers
 from ..linear import Linear
 
@@ -200,12 +199,7 @@ class TransformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, layers: Sequence[int]) -> List[torch.Tensor]:
         """Time-major tokens (n, L, D) -> the states `layers` (0: entering block 0, k: out of block k)."""
         length = x.shape[1]
-        conv = self.pos_conv[0]
-        if conv_module.FFT_CONVOLUTION and x.device.type == "cpu" and not torch.is_grad_enabled():  # 4x faster
-            position = conv1d_by_fft(x.transpose(1, 2), conv.weight, conv.bias, conv.padding[0], conv.groups,
-                                     self.pos_conv_spectra)
-        else:
-            position = conv(x.transpose(1, 2))
+        position = long_conv1d(self.pos_conv[0], x.transpose(1, 2), self.pos_conv_spectra)  # (n, D, L + 1)
         position = F.gelu(position[..., :length])  # (n, D, L)
         x = self.layer_norm(x + position.transpose(1, 2))
         buckets = relative_buckets(length, self.num_buckets, self.max_distance, x.device)  # (L, L)
