@@ -1,8 +1,12 @@
-"""Long grouped 1-D convolutions (BEATs' 128-tap position convolution) as products of spectra, for the CPU.
+"""Fast CPU forms of two convolutions the encoders use: long grouped 1-D convolutions (the 128-tap position
+convolutions of BEATs and the waveform models) as products of spectra, and a waveform's first convolution
+(one input channel) as one matrix product.
 
     conv1d_by_fft(x, weight, bias, padding, groups) = F.conv1d(x, weight, bias, padding=padding, groups=groups)
     x (n, C, T), weight (C_out, C / groups, K) -> (n, C_out, T + 2 padding - K + 1)
     long_conv1d(conv, x, spectra): conv(x) of an nn.Conv1d, by FFT for CPU inference, else conv itself
+    framed_conv1d(conv, x): conv(x) of an nn.Conv1d with one input channel (a waveform's first layer), as one
+        product of the weight with the input's frames for CPU inference, else conv itself
 
 A 128-tap kernel over 48 channels per group runs at ~175 GFLOP/s on this project's CPU as a direct
 convolution (bf16; float32 ~160), 40% of the linear layers' peak. Correlating by FFT costs a thirtieth of its
@@ -11,7 +15,12 @@ group's channels, the inverse transform. 4x faster at 504 tokens x 768 channels,
 direct form (max error 1.9e-7 of the largest output against float64; float32 direct 3.9e-7, bf16 3.6e-3).
 The weight's spectra ((F, groups, C_out / groups, C / groups) complex64: 95 MB for BEATs-Base at 504 tokens)
 are made once per transform size and kept by `SpectralWeights` (the two sizes used last: a clip's full units
-and its last one).
+and its last one), until the weight changes: a weight-normed convolution's (torch's parametrization, as
+torchaudio's wav2vec 2.0 builds it) is recomputed at every access, so its stored parts tell when it changed.
+
+oneDNN's direct kernel for a convolution of one input channel (wav2vec 2.0's first layer: 512 filters of 10
+taps every 5 samples) is bound by its memory traffic at ~25 ms per 10-s clip; the same sums as a product of
+the (512, 10) weight with the (10, frames) view of the input's windows (x.unfold) take ~2.5 ms.
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ from typing import Tuple
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils import parametrize
 
 FFT_CONVOLUTION = True  # the encoders' CPU inference convolves by FFT (benchmarks switch it off)
 
@@ -55,9 +65,12 @@ class SpectralWeights:
         self.max_sizes = max_sizes
         self.cache: "OrderedDict[Tuple, torch.Tensor]" = OrderedDict()
 
-    def get(self, weight: torch.Tensor, groups: int, size: int) -> torch.Tensor:
-        """(C_out, C / groups, K) -> (size // 2 + 1, groups, C_out / groups, C / groups), complex64."""
-        key = (size, groups, weight.data_ptr(), weight._version, weight.device)
+    def get(self, weight: torch.Tensor, groups: int, size: int,
+            sources: Tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        """(C_out, C / groups, K) -> (size // 2 + 1, groups, C_out / groups, C / groups), complex64. `sources`: the
+        tensors the weight is computed from, if it is computed (weight norm's direction and magnitude)."""
+        state = tuple((t.data_ptr(), t._version) for t in (sources or (weight,)))
+        key = (size, groups, state, weight.device)
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
@@ -72,13 +85,13 @@ class SpectralWeights:
 
 
 def conv1d_by_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int, groups: int,
-                  spectra: SpectralWeights) -> torch.Tensor:
+                  spectra: SpectralWeights, sources: Tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     """F.conv1d(x, weight, bias, padding=padding, groups=groups), computed in float32, returned in x's dtype."""
     n, channels, length = x.shape
     kernel = weight.shape[-1]
     out_length = length + 2 * padding - kernel + 1
     size = transform_size(length + 2 * padding)  # no circular wrap reaches the outputs kept
-    w = spectra.get(weight, groups, size)  # (F, G, C_out / G, C / G)
+    w = spectra.get(weight, groups, size, sources)  # (F, G, C_out / G, C / G)
     xf = torch.fft.rfft(F.pad(x.float(), (padding, padding)), size)  # (n, C, F)
     xf = xf.view(n, groups, channels // groups, -1).permute(3, 1, 2, 0)  # (F, G, C / G, n)
     yf = torch.matmul(w, xf).permute(3, 1, 2, 0).reshape(n, -1, xf.shape[0])  # (n, C_out, F)
@@ -90,5 +103,19 @@ def long_conv1d(conv: nn.Conv1d, x: torch.Tensor, spectra: SpectralWeights) -> t
     """conv(x): by FFT on the CPU without gradients (4x faster; FFT_CONVOLUTION), else the module itself (GPU
     kernels, training)."""
     if FFT_CONVOLUTION and x.device.type == "cpu" and not torch.is_grad_enabled():
-        return conv1d_by_fft(x, conv.weight, conv.bias, conv.padding[0], conv.groups, spectra)
+        sources = tuple(conv.parametrizations.weight.parameters()) if parametrize.is_parametrized(conv, "weight") \
+            else ()
+        return conv1d_by_fft(x, conv.weight, conv.bias, conv.padding[0], conv.groups, spectra, sources)
     return conv(x)
+
+
+def framed_conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for x (n, 1, T) and a Conv1d of one input channel, no padding or dilation -> (n, C_out, frames):
+    on the CPU without gradients, the weight times the input's frames (10x faster); else the module itself."""
+    if (conv.in_channels != 1 or conv.padding != (0,) or conv.dilation != (1,) or x.device.type != "cpu"
+            or torch.is_grad_enabled()):
+        return conv(x)
+    frames = x[:, 0].unfold(1, conv.kernel_size[0], conv.stride[0]).transpose(1, 2).contiguous()  # (n, K, frames)
+    weight = conv.weight[:, 0].expand(x.shape[0], -1, -1)  # (n, C_out, K): bmm keeps the output's layout (matmul
+    y = torch.bmm(weight, frames)  # (n, C_out, frames)      # would compute its transpose and copy it: 10x slower)
+    return y if conv.bias is None else y + conv.bias[:, None]

@@ -21,29 +21,41 @@ def can_pack(device: torch.device) -> bool:
     return device.type == "cpu" and torch.backends.mkldnn.is_available()
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], packed: Optional[torch.Tensor],
+           activation: Optional[str] = None, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """linear(x), then GELU (activation="gelu") or + residual (same shape as the output); by oneDNN with the
+    GELU or add inside the product when the weight is `packed` (else None)."""
+    if packed is not None:
+        if residual is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, bias, "add")
+        if activation == "gelu":
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu", [], "none")
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    y = F.linear(x, weight, bias)
+    if activation == "gelu":
+        y = F.gelu(y)
+    return y if residual is None else y + residual
+
+
+def packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A weight laid out for oneDNN (CPU, inference: the packed copy does not follow later changes)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+
+
 class Linear(nn.Linear):
     """nn.Linear whose forward can apply a GELU to its output or add a residual to it."""
 
     packed: Optional[torch.Tensor] = None  # the weight in oneDNN's layout, once packed
 
     def pack(self) -> None:
-        """Lay the weight out for oneDNN (CPU, inference: the packed copy does not follow later changes)."""
+        """Lay the weight out for oneDNN."""
         if self.packed is None:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
+            self.packed = packed_weight(self.weight)
 
     def forward(self, x: torch.Tensor, activation: Optional[str] = None,
                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """linear(x), then GELU (activation="gelu") or + residual (same shape as the output)."""
-        if self.packed is not None:
-            if residual is not None:
-                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias, "add")
-            if activation == "gelu":
-                return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], "none")
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        y = F.linear(x, self.weight, self.bias)
-        if activation == "gelu":
-            y = F.gelu(y)
-        return y if residual is None else y + residual
+        return linear(x, self.weight, self.bias, self.packed, activation, residual)
 
 
 def pack(module: nn.Module) -> nn.Module:

@@ -9,7 +9,7 @@ from hear_msm_mae.precision import fast_dtype, resolve_dtype
 from hear_msm_mae.linear import Linear, can_pack, pack
 from hear_msm_mae import attention as kernels
 from hear_msm_mae.attention import SHORT_ATTENTION_TOKENS, FusedAttention, attention
-from hear_msm_mae.conv import SpectralWeights, conv1d_by_fft, fft_size, long_conv1d, transform_size
+from hear_msm_mae.conv import SpectralWeights, conv1d_by_fft, fft_size, framed_conv1d, long_conv1d, transform_size
 from hear_msm_mae.encoders.vit import Block
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
@@ -186,3 +186,34 @@ def test_a_long_convolution_runs_by_fft_for_cpu_inference_and_as_the_module_when
     assert len(spectra.cache) == 1
     trained = long_conv1d(conv, x, SpectralWeights())
     assert trained.grad_fn is not None and torch.equal(trained, conv(x))  # the module's own kernel and backward
+
+
+def test_a_weight_normed_convolution_keeps_its_spectra_until_its_stored_parts_change():
+    """torch's weight norm recomputes the weight at every access (torchaudio's wav2vec 2.0 position conv):
+    its spectra are keyed on the direction and magnitude it is computed from."""
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(8, 8, 16, padding=8, groups=2), dim=2)
+    x, spectra = torch.randn(2, 8, 40), SpectralWeights()
+    with torch.no_grad():
+        first = long_conv1d(conv, x, spectra)
+        kept = next(iter(spectra.cache.values()))
+        torch.testing.assert_close(first, conv(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(long_conv1d(conv, x, spectra), first, rtol=0, atol=0)
+        assert len(spectra.cache) == 1 and next(iter(spectra.cache.values())) is kept  # not made again
+        conv.parametrizations.weight.original0.mul_(3)  # the magnitude, in place
+        torch.testing.assert_close(long_conv1d(conv, x, spectra), conv(x), rtol=1e-5, atol=1e-5)
+        assert len(spectra.cache) == 1 and next(iter(spectra.cache.values())) is not kept
+
+
+@pytest.mark.parametrize("kernel, stride, bias", [(10, 5, False), (4, 4, True), (3, 1, True)])
+def test_a_convolution_of_one_channel_runs_as_a_product_with_the_frames(kernel, stride, bias):
+    conv = torch.nn.Conv1d(1, 16, kernel, stride=stride, bias=bias).double()
+    x = torch.randn(3, 1, 101, dtype=torch.float64)
+    expected = F.conv1d(x, conv.weight, conv.bias, stride=stride)
+    with torch.no_grad(), mock.patch.object(conv, "forward", side_effect=AssertionError("the module ran")):
+        out = framed_conv1d(conv, x)  # computed as a product, not by the module
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        wide = torch.nn.Conv1d(2, 4, 3).double()  # more than one input channel: the module's own kernel
+        assert torch.equal(framed_conv1d(wide, x.repeat(1, 2, 1)), wide(x.repeat(1, 2, 1)))
+    trained = framed_conv1d(conv, x)
+    assert trained.grad_fn is not None and torch.equal(trained, conv(x))

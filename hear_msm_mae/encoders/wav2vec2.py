@@ -1,7 +1,11 @@
 """wav2vec 2.0, HuBERT and WavLM as encoders of the engine, on torchaudio's model definitions.
 
-The three share one architecture (torchaudio.models.wav2vec2_model; WavLM: wavlm_model), built here, not
-written again:
+The three share one architecture (torchaudio.models.wav2vec2_model; WavLM: wavlm_model), whose modules and
+weights are built here, not written again; the forward pass of its transformer (`block`, `self_attention`) is
+torchaudio's for inference, with the package's CPU kernels: attention by `attention` (oneDNN Graph's fused
+kernel for long bfloat16 sequences), the position convolution by FFT (`long_conv1d`), the first conv as a
+product with the waveform's frames (`framed_conv1d`), the blocks' linears packed with their GELU and residual
+adds (`Linear`).
 
 - Feature encoder: 7 convolutions (512 channels; kernels 10, 3, 3, 3, 3, 2, 2; strides 5, 2, 2, 2, 2, 2, 2),
   each followed by GELU. Base releases ("group_norm") normalise the first one with a GroupNorm per channel
@@ -28,9 +32,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchaudio.models import wav2vec2_model, wavlm_model
+from torchaudio.models.wav2vec2.components import EncoderLayer, SelfAttention, Transformer
 
+from ..attention import attention
+from ..conv import SpectralWeights, framed_conv1d, long_conv1d
 from ..grid import TokenGrid, resolve_layers
+from ..linear import Linear, linear, packed_weight
 
 RELEASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # every release's feature encoder
 CONV_SAMPLES = 1 << 18  # samples per feature-encoder call (16 s at 16 kHz): its activations are 512 x samples / 5
@@ -127,7 +136,17 @@ class Wav2Vec2Encoder(nn.Module):
         with torch.device("cpu"):
             model = (wavlm_model(**arguments, encoder_num_buckets=c.num_buckets, encoder_max_distance=c.max_distance)
                      if c.relative_attention else wav2vec2_model(**arguments))
+            for layer in model.encoder.transformer.layers:  # the blocks' products, packable (linear.py)
+                module = layer.attention
+                if isinstance(module, SelfAttention):
+                    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                        setattr(module, name, as_linear(getattr(module, name)))
+                else:
+                    module.attention = Projections(module.attention)
+                for name in ("intermediate_dense", "output_dense"):
+                    setattr(layer.feed_forward, name, as_linear(getattr(layer.feed_forward, name)))
         self.feature_extractor, self.encoder = model.feature_extractor.to(device), model.encoder.to(device)
+        self.pos_conv_spectra = SpectralWeights()
 
     def encode(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
         """x (n, 1, 1, W) -> [(n, frames, D)] for each layer of `layers` (0: the transformer's input, k: block k's
@@ -138,15 +157,112 @@ class Wav2Vec2Encoder(nn.Module):
             raise ValueError(f"waveform units must be (n, 1, 1, W) with W >= {field} samples, not {tuple(x.shape)}")
         waves = x.flatten(1)  # (n, W)
         per_call = max(1, CONV_SAMPLES // waves.shape[1])  # bounded conv activations, whatever the batch
-        features = torch.cat([self.feature_extractor(part, None)[0] for part in waves.split(per_call)])  # (n, T, C)
+        features = torch.cat([self.features(part) for part in waves.split(per_call)])  # (n, T, C)
         transformer = self.encoder.transformer
-        h = transformer._preprocess(self.encoder.feature_projection(features))  # position embedding (+ LayerNorm)
+        h = self.position(transformer, self.encoder.feature_projection(features))  # (n, T, D)
         states = {0: h} if 0 in indices else {}
-        position_bias = None  # WavLM: block 0's relative position bias, passed on ungated to every later block
-        for k, block in enumerate(transformer.layers[:max(indices)], start=1):
-            h, position_bias = block(h, None, position_bias=position_bias)
+        position_bias = None  # WavLM: block 0's relative position bias (H, T, T), passed on ungated to later blocks
+        n, length = h.shape[:2]  # WavLM: every block's gated bias (n, H, T, T) in one buffer (not when gradients
+        gated = h.new_empty(n, self.config.num_heads, length, length) \
+            if self.config.relative_attention and not torch.is_grad_enabled() else None  # are recorded)
+        for k, layer in enumerate(transformer.layers[:max(indices)], start=1):
+            h, position_bias = block(layer, h, position_bias, gated)
             if k in indices:
                 states[k] = h
         if self.config.layer_norm_first and self.depth in states:
             states[self.depth] = transformer.layer_norm(states[self.depth])
         return [states[k] for k in indices]
+
+    def features(self, waves: torch.Tensor) -> torch.Tensor:
+        """torchaudio's FeatureExtractor.forward: waves (n, W) -> (n, T, 512); each layer conv, its norm (if any),
+        GELU; the first conv (one input channel) as a product with the waveform's frames on the CPU."""
+        x = waves[:, None]  # (n, 1, W)
+        for i, layer in enumerate(self.feature_extractor.conv_layers):
+            x = framed_conv1d(layer.conv, x) if i == 0 else layer.conv(x)  # (n, C, frames)
+            if layer.layer_norm is not None:
+                x = layer.layer_norm(x)
+            x = F.gelu(x)
+        return x.transpose(1, 2)
+
+    def position(self, transformer: Transformer, x: torch.Tensor) -> torch.Tensor:
+        """torchaudio's Transformer._preprocess: x + GELU(conv(x)) (the conv's last output dropped for an even
+        kernel), then the LayerNorm of post-LN models (its flag is inverted there: set for them)."""
+        embedding = transformer.pos_conv_embed
+        position = long_conv1d(embedding.conv, x.transpose(1, 2), self.pos_conv_spectra)  # (n, D, T + 1 - K % 2)
+        x = x + F.gelu(position[..., :x.shape[1]]).transpose(1, 2)
+        return transformer.layer_norm(x) if transformer.layer_norm_first else x
+
+
+def block(layer: EncoderLayer, x: torch.Tensor, position_bias: Optional[torch.Tensor],
+          gated: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """torchaudio's EncoderLayer.forward at inference (no masks, no dropout): x (n, T, D) -> (n, T, D); the
+    residual adds and the feed-forward's GELU inside the products. `gated`: see self_attention."""
+    ff = layer.feed_forward
+    if layer.layer_norm_first:  # x + attention(LN(x)), then x + FF(LN(x))
+        x, position_bias = self_attention(layer.attention, layer.layer_norm(x), position_bias, x, gated)
+        return ff.output_dense(ff.intermediate_dense(layer.final_layer_norm(x), activation="gelu"),
+                               residual=x), position_bias
+    x, position_bias = self_attention(layer.attention, x, position_bias, x, gated)  # LN(x + attention(x)) ...
+    x = layer.layer_norm(x)
+    return layer.final_layer_norm(ff.output_dense(ff.intermediate_dense(x, activation="gelu"), residual=x)), \
+        position_bias  # ... then LN(x + FF(x))
+
+
+def self_attention(module: nn.Module, x: torch.Tensor, position_bias: Optional[torch.Tensor],
+                   residual: torch.Tensor, gated: Optional[torch.Tensor] = None
+                   ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """torchaudio's SelfAttention, or WavLMSelfAttention with its gated relative bias, at inference:
+    x (n, T, D) -> residual + attention (n, T, D) and the ungated bias (H, T, T) for the next block (WavLM;
+    else None).
+
+    WavLM's bias is made by block 0 from its table and repeated over the batch there; here it is kept once,
+    (H, T, T), and broadcast in each block's gate: the same values, without n copies. The gated bias
+    (n, H, T, T) is written into `gated` if given (a fresh one per block is 5x slower: new pages each time).
+    """
+    n, length, dim = x.shape
+    heads = module.num_heads
+    if isinstance(module, SelfAttention):
+        q, k, v = (proj(x).view(n, length, heads, -1).transpose(1, 2) for proj in
+                   (module.q_proj, module.k_proj, module.v_proj))  # (n, H, T, d) each
+        out = attention(q, k, v)
+        return module.out_proj(out.transpose(1, 2).reshape(n, length, dim), residual=residual), None
+    if position_bias is None:
+        position_bias = module.compute_bias(length, length).contiguous()  # (H, T, T)
+    bias = position_bias
+    if module.gru_rel_pos:  # the gate, from this block's input per head
+        gates = module.gru_rel_pos_linear(x.view(n, length, heads, -1).transpose(1, 2))  # (n, H, T, 8)
+        gate_a, gate_b = torch.sigmoid(gates.view(n, heads, length, 2, 4).sum(-1)).chunk(2, dim=-1)
+        gate = gate_a * (gate_b * module.gru_rel_pos_const - 1.0) + 2.0  # (n, H, T, 1)
+        bias = gate * position_bias if gated is None else torch.mul(gate, position_bias, out=gated)  # (n, H, T, T)
+    projected = module.attention(x)  # (n, T, 3D)
+    q, k, v = projected.view(n, length, 3, heads, -1).permute(2, 0, 3, 1, 4)  # (n, H, T, d) each
+    out = attention(q, k, v, bias.expand(n, heads, length, length))
+    return module.attention.out_proj(out.transpose(1, 2).reshape(n, length, dim), residual=residual), position_bias
+
+
+def as_linear(module: nn.Linear) -> Linear:
+    """The package's Linear in place of torchaudio's nn.Linear: the same weights and names, packed for the CPU."""
+    new = Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                 device=module.weight.device, dtype=module.weight.dtype)
+    new.load_state_dict(module.state_dict())
+    return new
+
+
+class Projections(nn.Module):
+    """WavLM's nn.MultiheadAttention as its forward pass here uses it, under the same names: in_proj_weight and
+    in_proj_bias (q, k and v stacked) as one packable product, and out_proj."""
+
+    packed: Optional[torch.Tensor] = None
+
+    def __init__(self, attention: nn.MultiheadAttention):
+        super().__init__()
+        self.in_proj_weight, self.in_proj_bias = attention.in_proj_weight, attention.in_proj_bias
+        self.out_proj = as_linear(attention.out_proj)
+
+    def pack(self) -> None:
+        if self.packed is None:
+            self.packed = packed_weight(self.in_proj_weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (n, T, D) -> q, k, v side by side (n, T, 3D)."""
+        return linear(x, self.in_proj_weight, self.in_proj_bias, self.packed)
