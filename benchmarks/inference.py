@@ -69,9 +69,10 @@ once, so a change in the machine's load hits them alike):
                   partitions), conv (patch projections,
                   BEATs' positions), norms, copies (copy_, clone, cat, padding) and other.
   ablation        (--ablation, current trees only) every family's scene embeddings with oneDNN Graph's fused
-                  attention switched off (SDPA instead, hear_msm_mae.attention.FUSED_CPU_ATTENTION), BEATs'
-                  also with its position convolution direct instead of by FFT (hear_msm_mae.conv), in the
-                  same rounds; and MSM-MAE's with the encoder's oneDNN-packed linears and/or its
+                  attention switched off (SDPA instead, hear_msm_mae.attention.FUSED_CPU_ATTENTION); BEATs'
+                  and the waveform families' also with their position convolution direct instead of by FFT,
+                  the waveform families' with their first convolution by oneDNN's direct kernel
+                  (hear_msm_mae.conv's flags: SWITCHES), each in the same rounds; and MSM-MAE's with the encoder's oneDNN-packed linears and/or its
                   batched-product attention for short sequences switched off.
   compile         (--compile) torch.compile (inductor) of the loaded encoder's `encode`, one static graph
                   per input shape, with and without torch._inductor.config.freezing, on the packed encoder
@@ -770,8 +771,7 @@ class FamilyResult:
     shares: Dict[str, float]  # profile
     others: float  # other processes' share of the CPUs during the timing rounds
     memory: Dict[Tuple[str, int], dict]  # (kind, minutes) -> peak_rss
-    sdpa: Optional[Job]  # --ablation: the scene job with oneDNN Graph's fused attention off (SDPA)
-    direct_conv: Optional[Job]  # --ablation, BEATs: with its position convolution direct instead of by FFT
+    switched: Dict[str, Job]  # --ablation: the scene job with one CPU path switched off (SWITCHES), by title
 
 
 def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
@@ -788,12 +788,10 @@ def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
     seconds10 = audio10.numel() / SR
     jobs = {"scene": Job(lambda: hear.get_scene_embeddings(audio10, fast), seconds10, fast.encoder),
             "1-s clips": Job(lambda: hear.get_scene_embeddings(audio1, fast), audio1.numel() / SR, fast.encoder)}
-    if args.ablation:
-        jobs["scene, SDPA"] = Job(lambda: switched_off(kernels, "FUSED_CPU_ATTENTION", hear, audio10, fast),
-                                  seconds10, fast.encoder)
-        if bench.name == "beats":
-            jobs["scene, direct conv"] = Job(lambda: switched_off(conv, "FFT_CONVOLUTION", hear, audio10, fast),
-                                             seconds10, fast.encoder)
+    switches = [s for s in SWITCHES if s[2] is None or bench.name in s[2]] if args.ablation else []
+    for module, flag, _, title in switches:
+        jobs[title] = Job(lambda module=module, flag=flag: switched_off(module, flag, hear, audio10, fast), seconds10,
+                          fast.encoder)
     if bench.name == "msm_mae":
         reference_model = MaskedAutoencoder().eval()
         reference_model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
@@ -834,7 +832,15 @@ def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
             for m in minutes:
                 memory[kind, m] = peak_rss(bench.module, checkpoint, m * 60, kind, args.threads)
     return FamilyResult(bench, gemms["bf16"], jobs["scene"], jobs["1-s clips"], one_second_clips, cosines, shares,
-                        others, memory, jobs.get("scene, SDPA"), jobs.get("scene, direct conv"))
+                        others, memory, {title: jobs[title] for *_, title in switches})
+
+
+WAVEFORM = ("wavlm", "hubert", "wav2vec2")
+SWITCHES = [  # (module, flag, families (None: all), title): the ablation's CPU paths
+    (kernels, "FUSED_CPU_ATTENTION", None, "fused attention off (SDPA)"),
+    (conv, "FFT_CONVOLUTION", ("beats",) + WAVEFORM, "position convolution direct instead of by FFT"),
+    (conv, "FRAMED_CONVOLUTION", WAVEFORM, "first convolution by oneDNN's kernel instead of a product with its frames"),
+]
 
 
 def switched_off(module, flag: str, hear, audio: torch.Tensor, model) -> torch.Tensor:
@@ -877,17 +883,13 @@ def print_summary(results: List[FamilyResult]) -> None:
           + "---|" * (len(PROFILE_GROUPS) + 1))
     for r in results:
         print(f"| {r.bench.title} | " + " | ".join(f"{v:.1%}" for v in r.shares.values()) + " |")
-    if any(r.sdpa for r in results):
-        print("\n| scene, 10-s clips | fused attention (default): audio s / wall s, roofline | SDPA instead | "
-              "fused / SDPA |\n|---|---|---|---|")
+    if any(r.switched for r in results):
+        print("\n| scene, 10-s clips | switched off | default: audio s / wall s, roofline | switched off | "
+              "default / switched off |\n|---|---|---|---|---|")
         for r in results:
-            if r.sdpa:
-                print(f"| {r.bench.title} | {r.scene.rate:.1f}, {r.scene.gflops / r.gemm.peak:.0%} | {r.sdpa.rate:.1f}, "
-                      f"{r.sdpa.gflops / r.gemm.peak:.0%} | {r.scene.rate / r.sdpa.rate:.2f}x |")
-            if r.direct_conv:
-                print(f"| {r.bench.title}: position convolution direct instead of by FFT | | "
-                      f"{r.direct_conv.rate:.1f}, {r.direct_conv.gflops / r.gemm.peak:.0%} | "
-                      f"{r.scene.rate / r.direct_conv.rate:.2f}x |")
+            for title, job in r.switched.items():
+                print(f"| {r.bench.title} | {title} | {r.scene.rate:.1f}, {r.scene.gflops / r.gemm.peak:.0%} | "
+                      f"{job.rate:.1f}, {job.gflops / r.gemm.peak:.0%} | {r.scene.rate / job.rate:.2f}x |")
     if any(r.memory for r in results):
         print("\n| one clip, fresh process | model loaded (MB) | peak RSS (MB) | wall (s) | audio s / wall s |\n"
               "|---|---|---|---|---|")

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 FFT_CONVOLUTION = True  # the encoders' CPU inference convolves by FFT (benchmarks switch it off)
+FRAMED_CONVOLUTION = True  # and a one-channel convolution as a product with the frames (likewise)
 
 
 def fft_size(n: int) -> int:
@@ -112,8 +113,8 @@ def long_conv1d(conv: nn.Conv1d, x: torch.Tensor, spectra: SpectralWeights) -> t
 def framed_conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) for x (n, 1, T) and a Conv1d of one input channel, no padding or dilation -> (n, C_out, frames):
     on the CPU without gradients, the weight times the input's frames (10x faster); else the module itself."""
-    if (conv.in_channels != 1 or conv.padding != (0,) or conv.dilation != (1,) or x.device.type != "cpu"
-            or torch.is_grad_enabled()):
+    if (not FRAMED_CONVOLUTION or conv.in_channels != 1 or conv.padding != (0,) or conv.dilation != (1,)
+            or x.device.type != "cpu" or torch.is_grad_enabled()):
         return conv(x)
     frames = x[:, 0].unfold(1, conv.kernel_size[0], conv.stride[0]).transpose(1, 2).contiguous()  # (n, K, frames)
     weight = conv.weight[:, 0].expand(x.shape[0], -1, -1)  # (n, C_out, K): bmm keeps the output's layout (matmul

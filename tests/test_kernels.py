@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from hear_msm_mae.precision import fast_dtype, resolve_dtype
 from hear_msm_mae.linear import Linear, can_pack, pack
-from hear_msm_mae import attention as kernels
+from hear_msm_mae import attention as kernels, conv as conv_kernels
 from hear_msm_mae.attention import SHORT_ATTENTION_TOKENS, FusedAttention, attention
 from hear_msm_mae.conv import SpectralWeights, conv1d_by_fft, fft_size, framed_conv1d, long_conv1d, transform_size
 from hear_msm_mae.encoders.vit import Block
@@ -217,3 +217,5 @@ def test_a_convolution_of_one_channel_runs_as_a_product_with_the_frames(kernel, 
         assert torch.equal(framed_conv1d(wide, x.repeat(1, 2, 1)), wide(x.repeat(1, 2, 1)))
     trained = framed_conv1d(conv, x)
     assert trained.grad_fn is not None and torch.equal(trained, conv(x))
+    with torch.no_grad(), mock.patch.object(conv_kernels, "FRAMED_CONVOLUTION", False):  # the benchmarks' switch
+        assert torch.equal(framed_conv1d(conv, x), conv(x))
