@@ -6,14 +6,15 @@
 Which kernel runs:
 
 - short sequences on the CPU (L <= SHORT_ATTENTION_TOKENS, no bias): two batched products (the scale
-  applied inside the first) and a softmax in the inputs' dtype (torch's bfloat16 softmax computes in float32 and rounds its output: 1.5x faster
-  than converting the scores to float32 and back, within one bfloat16 rounding of it), as fast as the
-  fused kernel in a whole MSM-MAE call (ViT-Base, 65 tokens) without a compiled graph for each of the many
-  short layouts;
+  applied inside the first) and a softmax in the inputs' dtype (torch's bfloat16 softmax computes in
+  float32 and rounds its output: 1.5x faster than converting the scores to float32 and back, within one
+  bfloat16 rounding of it), as fast as the fused kernel in a whole MSM-MAE call (ViT-Base, 65 tokens)
+  without a compiled graph for each of the many short layouts;
 - longer sequences in bfloat16 on the CPU, no gradients: oneDNN Graph's fused attention, reached through
   torch.jit's oneDNN fusion (`FusedAttention`): 2-2.4x SDPA's CPU kernel on this project's machine (Zen 4,
   avx512_bf16, 2 threads: 230-305 against 110-142 GFLOP/s at 191-1214 tokens; with a bias, 197-234 against
-  86-128), which makes Audio-MAE, AST and BEATs 1.17-1.26x faster (benchmarks/README.md);
+  86-128), which makes Audio-MAE, AST, BEATs and the waveform models 1.05-1.33x faster
+  (benchmarks/README.md);
 - everything else (GPUs, float32, training): `scaled_dot_product_attention`.
 
 The two CPU paths round the scores q k^T / sqrt(d) to bfloat16 before the softmax, as a bfloat16 product
