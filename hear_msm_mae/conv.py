@@ -14,8 +14,9 @@ multiply-adds: the padded input's spectrum (float32), one complex product per fr
 group's channels, the inverse transform. 4x faster at 504 tokens x 768 channels, and more exact than either
 direct form (max error 1.9e-7 of the largest output against float64; float32 direct 3.9e-7, bf16 3.6e-3).
 The weight's spectra ((F, groups, C_out / groups, C / groups) complex64: 95 MB for BEATs-Base at 504 tokens)
-are made once per transform size and kept by `SpectralWeights` (the two sizes used last: a clip's full units
-and its last one), until the weight changes: a weight-normed convolution's (torch's parametrization, as
+are made once per transform size and kept by `SpectralWeights` (the two sizes used last; an input reuses a
+kept size up to twice what it needs, so a clip's last unit takes its full units' spectra: 170 MB per size at
+1000-token units), until the weight changes: a weight-normed convolution's (torch's parametrization, as
 torchaudio's wav2vec 2.0 builds it) is recomputed at every access, so its stored parts tell when it changed.
 
 oneDNN's direct kernel for a convolution of one input channel (wav2vec 2.0's first layer: 512 filters of 10
@@ -84,6 +85,13 @@ class SpectralWeights:
         self.cache[key] = spectra.view(groups, c_out // groups, c_in, -1).permute(3, 0, 1, 2).contiguous()
         return self.cache[key]
 
+    def size_for(self, length: int) -> int:
+        """The transform size for inputs of `length` samples: a kept size at most twice what they need (a clip's
+        last unit takes its full units' spectra: one size kept, not two), else transform_size(length)."""
+        need = transform_size(length)
+        kept = [key[0] for key in self.cache if need <= key[0] <= 2 * need]
+        return min(kept) if kept else need
+
 
 def conv1d_by_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int, groups: int,
                   spectra: SpectralWeights, sources: Tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
@@ -91,7 +99,7 @@ def conv1d_by_fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pad
     n, channels, length = x.shape
     kernel = weight.shape[-1]
     out_length = length + 2 * padding - kernel + 1
-    size = transform_size(length + 2 * padding)  # no circular wrap reaches the outputs kept
+    size = spectra.size_for(length + 2 * padding)  # no circular wrap reaches the outputs kept
     w = spectra.get(weight, groups, size, sources)  # (F, G, C_out / G, C / G)
     xf = torch.fft.rfft(F.pad(x.float(), (padding, padding)), size)  # (n, C, F)
     xf = xf.view(n, groups, channels // groups, -1).permute(3, 1, 2, 0)  # (F, G, C / G, n)

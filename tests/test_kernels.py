@@ -219,3 +219,16 @@ def test_a_convolution_of_one_channel_runs_as_a_product_with_the_frames(kernel, 
     assert trained.grad_fn is not None and torch.equal(trained, conv(x))
     with torch.no_grad(), mock.patch.object(conv_kernels, "FRAMED_CONVOLUTION", False):  # the benchmarks' switch
         assert torch.equal(framed_conv1d(conv, x), conv(x))
+
+
+def test_a_shorter_input_reuses_kept_spectra_up_to_twice_its_size():
+    """A clip's last unit takes the spectra of its full units (one size kept, not two) when they are at most
+    twice the size it needs, and gives the direct convolution's result."""
+    conv = torch.nn.Conv1d(8, 8, 16, padding=8, groups=2)
+    spectra = SpectralWeights()
+    with torch.no_grad():
+        for length in (300, 200, 40):  # sizes needed: 320, 256 (320 kept, reused), 64 (more than twice: its own)
+            x = torch.randn(2, 8, length)
+            torch.testing.assert_close(conv1d_by_fft(x, conv.weight, conv.bias, 8, 2, spectra), conv(x),
+                                       rtol=1e-5, atol=1e-5)
+            assert [key[0] for key in spectra.cache] == {300: [320], 200: [320], 40: [320, 64]}[length]
