@@ -51,6 +51,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
+def gated_bias(logits: torch.Tensor, scale: torch.Tensor, position_bias: torch.Tensor,
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """WavLM's (and BEATs') relative position bias, gated per query by its block: logits (n, heads, L, 8) of the
+    block's per-head gate projection, scale (1, heads, 1, 1), position_bias (heads, L, L) -> (n, heads, L, L),
+    written into `out` if given (one buffer for every block: a fresh one per block costs 5x, in page faults)."""
+    n, heads, length, _ = logits.shape
+    gate_a, gate_b = torch.sigmoid(logits.view(n, heads, length, 2, 4).sum(-1)).chunk(2, dim=-1)  # (n, H, L, 1) each
+    gate = gate_a * (gate_b * scale - 1.0) + 2.0
+    return gate * position_bias if out is None else torch.mul(gate, position_bias, out=out)
+
+
 def _products(scale: float, with_bias: bool) -> Callable:
     """The attention the JIT sees: oneDNN Graph fuses these operations, scale and bias included, into one
     partition (scaling q first would leave the scaling outside it)."""

@@ -125,6 +125,6 @@ def framed_conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
             or x.device.type != "cpu" or torch.is_grad_enabled()):
         return conv(x)
     frames = x[:, 0].unfold(1, conv.kernel_size[0], conv.stride[0]).transpose(1, 2).contiguous()  # (n, K, frames)
-    weight = conv.weight[:, 0].expand(x.shape[0], -1, -1)  # (n, C_out, K): bmm keeps the output's layout (matmul
-    y = torch.bmm(weight, frames)  # (n, C_out, frames)      # would compute its transpose and copy it: 10x slower)
+    # bmm, not matmul: matmul would compute the transposed product and copy it (10x slower)
+    y = torch.bmm(conv.weight[:, 0].expand(x.shape[0], -1, -1), frames)  # (n, C_out, K) x (n, K, frames)
     return y if conv.bias is None else y + conv.bias[:, None]

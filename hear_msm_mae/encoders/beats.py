@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import attention
+from ..attention import attention, gated_bias
 from ..conv import SpectralWeights, long_conv1d
 from ..grid import resolve_layers
 from ..linear import Linear
@@ -151,10 +151,7 @@ class GatedRelativeAttention(nn.Module):
         given, receives this block's gated bias (one buffer for all blocks: a new one per block costs 6x more)."""
         n, length, dim = x.shape
         q, k, v = self.qkv(x).view(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        gates = torch.sigmoid(self.grep_linear(q).view(n, self.num_heads, length, 2, 4).sum(-1))  # (n, H, L, 2)
-        gate_a, gate_b = gates.chunk(2, dim=-1)  # (n, H, L, 1) each
-        gate = gate_a * (gate_b * self.grep_a - 1.0) + 2.0
-        bias = gate * position_bias if mask is None else torch.mul(gate, position_bias, out=mask)
+        bias = gated_bias(self.grep_linear(q), self.grep_a, position_bias, out=mask)  # (n, H, L, L)
         x = attention(q, k, v, bias)  # (n, H, L, d)
         return self.out_proj(x.transpose(1, 2).reshape(n, length, dim), residual=residual)
 

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from torchaudio.models import wav2vec2_model, wavlm_model
 from torchaudio.models.wav2vec2.components import EncoderLayer, SelfAttention, Transformer
 
-from ..attention import attention
+from ..attention import attention, gated_bias
 from ..conv import SpectralWeights, framed_conv1d, long_conv1d
 from ..grid import TokenGrid, resolve_layers
 from ..linear import Linear, linear, packed_weight
@@ -218,7 +218,7 @@ def self_attention(module: nn.Module, x: torch.Tensor, position_bias: Optional[t
 
     WavLM's bias is made by block 0 from its table and repeated over the batch there; here it is kept once,
     (H, T, T), and broadcast in each block's gate: the same values, without n copies. The gated bias
-    (n, H, T, T) is written into `gated` if given (a fresh one per block is 5x slower: new pages each time).
+    (n, H, T, T) is written into `gated` if given (attention.gated_bias).
     """
     n, length, dim = x.shape
     heads = module.num_heads
@@ -231,10 +231,8 @@ def self_attention(module: nn.Module, x: torch.Tensor, position_bias: Optional[t
         position_bias = module.compute_bias(length, length).contiguous()  # (H, T, T)
     bias = position_bias
     if module.gru_rel_pos:  # the gate, from this block's input per head
-        gates = module.gru_rel_pos_linear(x.view(n, length, heads, -1).transpose(1, 2))  # (n, H, T, 8)
-        gate_a, gate_b = torch.sigmoid(gates.view(n, heads, length, 2, 4).sum(-1)).chunk(2, dim=-1)
-        gate = gate_a * (gate_b * module.gru_rel_pos_const - 1.0) + 2.0  # (n, H, T, 1)
-        bias = gate * position_bias if gated is None else torch.mul(gate, position_bias, out=gated)  # (n, H, T, T)
+        logits = module.gru_rel_pos_linear(x.view(n, length, heads, -1).transpose(1, 2))  # (n, H, T, 8)
+        bias = gated_bias(logits, module.gru_rel_pos_const, position_bias, out=gated)  # (n, H, T, T)
     projected = module.attention(x)  # (n, T, 3D)
     q, k, v = projected.view(n, length, 3, heads, -1).permute(2, 0, 3, 1, 4)  # (n, H, T, d) each
     out = attention(q, k, v, bias.expand(n, heads, length, length))
