@@ -71,8 +71,9 @@ once, so a change in the machine's load hits them alike):
   ablation        (--ablation, current trees only) every family's scene embeddings with oneDNN Graph's fused
                   attention switched off (SDPA instead, hear_msm_mae.attention.FUSED_CPU_ATTENTION); BEATs'
                   and the waveform families' also with their position convolution direct instead of by FFT,
-                  the waveform families' with their first convolution by oneDNN's direct kernel
-                  (hear_msm_mae.conv's flags: SWITCHES), each in the same rounds; and MSM-MAE's with the encoder's oneDNN-packed linears and/or its
+                  the waveform families' with their feature encoder by torchaudio's modules over whole
+                  inputs instead of window by window (the flags: SWITCHES), each in the same rounds; and
+                  MSM-MAE's with the encoder's oneDNN-packed linears and/or its
                   batched-product attention for short sequences switched off.
   compile         (--compile) torch.compile (inductor) of the loaded encoder's `encode`, one static graph
                   per input shape, with and without torch._inductor.config.freezing, on the packed encoder
@@ -106,6 +107,7 @@ from torch import nn
 from torchaudio.models.wav2vec2.components import FeatureProjection
 
 from hear_msm_mae import attention as kernels, conv
+from hear_msm_mae.encoders import wav2vec2 as wav2vec2_encoder
 from hear_msm_mae.frontend import LogMelSpectrogram
 from hear_msm_mae.precision import resolve_dtype
 from hear_msm_mae.pretrain.mae import MaskedAutoencoder
@@ -839,7 +841,7 @@ WAVEFORM = ("wavlm", "hubert", "wav2vec2")
 SWITCHES = [  # (module, flag, families (None: all), title): the ablation's CPU paths
     (kernels, "FUSED_CPU_ATTENTION", None, "fused attention off (SDPA)"),
     (conv, "FFT_CONVOLUTION", ("beats",) + WAVEFORM, "position convolution direct instead of by FFT"),
-    (conv, "FRAMED_CONVOLUTION", WAVEFORM, "first convolution by oneDNN's kernel instead of a product with its frames"),
+    (wav2vec2_encoder, "WINDOWED_FEATURES", WAVEFORM, "feature encoder by the modules over whole inputs, not windowed"),
 ]
 
 

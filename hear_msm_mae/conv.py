@@ -5,8 +5,10 @@ convolutions of BEATs and the waveform models) as products of spectra, and a wav
     conv1d_by_fft(x, weight, bias, padding, groups) = F.conv1d(x, weight, bias, padding=padding, groups=groups)
     x (n, C, T), weight (C_out, C / groups, K) -> (n, C_out, T + 2 padding - K + 1)
     long_conv1d(conv, x, spectra): conv(x) of an nn.Conv1d, by FFT for CPU inference, else conv itself
-    framed_conv1d(conv, x): conv(x) of an nn.Conv1d with one input channel (a waveform's first layer), as one
-        product of the weight with the input's frames for CPU inference, else conv itself
+    frames_product(x, weight, bias, stride): a convolution of one input channel (a waveform's first layer) with
+        a weight and bias per input, as one product of each weight with its input's frames
+    group_norm_folded(conv, norm, x): the weight and bias per input that make frames_product give norm(conv(x)),
+        a per-channel GroupNorm folded into the convolution from the input's frame statistics
 
 A 128-tap kernel over 48 channels per group runs at ~175 GFLOP/s on this project's CPU as a direct
 convolution (bf16; float32 ~160), 40% of the linear layers' peak. Correlating by FFT costs a thirtieth of its
@@ -21,12 +23,15 @@ torchaudio's wav2vec 2.0 builds it) is recomputed at every access, so its stored
 
 oneDNN's direct kernel for a convolution of one input channel (wav2vec 2.0's first layer: 512 filters of 10
 taps every 5 samples) is bound by its memory traffic at ~25 ms per 10-s clip; the same sums as a product of
-the (512, 10) weight with the (10, frames) view of the input's windows (x.unfold) take ~2.5 ms.
+the (512, 10) weight with the (10, frames) view of the input's windows (x.unfold) take ~2.5 ms. The
+GroupNorm that follows it in the Base releases is a per-channel scale and shift of that output computed from
+its statistics over time, which are those of the frames seen through the weight: folded into the weight and
+bias, it costs no pass over the output, and a window of the output can be computed without the rest.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -34,7 +39,6 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 FFT_CONVOLUTION = True  # the encoders' CPU inference convolves by FFT (benchmarks switch it off)
-FRAMED_CONVOLUTION = True  # and a one-channel convolution as a product with the frames (likewise)
 
 
 def fft_size(n: int) -> int:
@@ -118,13 +122,39 @@ def long_conv1d(conv: nn.Conv1d, x: torch.Tensor, spectra: SpectralWeights) -> t
     return conv(x)
 
 
-def framed_conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x) for x (n, 1, T) and a Conv1d of one input channel, no padding or dilation -> (n, C_out, frames):
-    on the CPU without gradients, the weight times the input's frames (10x faster); else the module itself."""
-    if (not FRAMED_CONVOLUTION or conv.in_channels != 1 or conv.padding != (0,) or conv.dilation != (1,)
-            or x.device.type != "cpu" or torch.is_grad_enabled()):
-        return conv(x)
-    frames = x[:, 0].unfold(1, conv.kernel_size[0], conv.stride[0]).transpose(1, 2).contiguous()  # (n, K, frames)
-    # bmm, not matmul: matmul would compute the transposed product and copy it (10x slower)
-    y = torch.bmm(conv.weight[:, 0].expand(x.shape[0], -1, -1), frames)  # (n, C_out, K) x (n, K, frames)
-    return y if conv.bias is None else y + conv.bias[:, None]
+def frames_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int) -> torch.Tensor:
+    """A convolution of one input channel, unpadded, with a weight (n, C_out, K) and bias (n, C_out) per input:
+    x (n, 1, T) -> (n, C_out, frames), each input's frames of K samples every `stride` times its weight."""
+    frames = x[:, 0].unfold(1, weight.shape[-1], stride).transpose(1, 2).contiguous()  # (n, K, frames)
+    if bias is None:  # bmm, not matmul: matmul would compute the transposed product and copy it (10x slower)
+        return torch.bmm(weight, frames)  # (n, C_out, K) x (n, K, frames)
+    return torch.baddbmm(bias[..., None], weight, frames)
+
+
+def group_norm_folded(conv: nn.Conv1d, norm: nn.GroupNorm, x: torch.Tensor,
+                      block: int = 1 << 16) -> Tuple[torch.Tensor, torch.Tensor]:
+    """norm(conv(x)) = frames_product(x, weight, bias, stride) for a Conv1d of one input channel (no padding or
+    dilation) followed by a GroupNorm of one group per channel: x (n, 1, T) -> weight (n, C_out, K), bias
+    (n, C_out) in x's dtype.
+
+    The norm's statistics over time are those of a linear function of the frames f: mean w.m + b and variance
+    w^T S w, from the frames' mean m and (biased) covariance S, computed in float64 `block` frames at a time;
+    so the norm's scale and shift fold into the weight and bias of each input. The same values as the
+    convolution then the norm, without their two passes over the (n, C_out, frames) output; and the statistics
+    come from the exact frames, not from a bfloat16 output."""
+    if norm.num_groups != norm.num_channels or conv.in_channels != 1 or conv.padding != (0,) \
+            or conv.dilation != (1,):
+        raise ValueError("group_norm_folded needs a convolution of one input channel, unpadded, and a GroupNorm "
+                         "of one group per channel")
+    frames = x[:, 0].unfold(1, conv.kernel_size[0], conv.stride[0])  # (n, frames, K), a view
+    count = frames.shape[1]
+    mean = sum(part.double().sum(1) for part in frames.split(block, 1)) / count  # (n, K)
+    covariance = sum(torch.bmm((c := part.double() - mean[:, None]).transpose(1, 2), c)
+                     for part in frames.split(block, 1)) / count  # (n, K, K)
+    w = conv.weight[:, 0].detach().double()  # (C_out, K); the conv's bias cancels in the norm
+    variance = torch.einsum("ck,nkl,cl->nc", w, covariance, w)  # (n, C_out)
+    scale = (variance + norm.eps).rsqrt()  # (n, C_out)
+    if norm.affine:
+        scale = norm.weight.detach().double() * scale
+    shift = -scale * (mean @ w.T) + (norm.bias.detach().double() if norm.affine else 0.0)
+    return (scale[..., None] * w).to(x.dtype), shift.to(x.dtype)

@@ -7,10 +7,13 @@ import torch.nn.functional as F
 
 from hear_msm_mae.precision import fast_dtype, resolve_dtype
 from hear_msm_mae.linear import Linear, can_pack, pack
-from hear_msm_mae import attention as kernels, conv as conv_kernels
+from hear_msm_mae import attention as kernels
 from hear_msm_mae.attention import SHORT_ATTENTION_TOKENS, FusedAttention, attention
-from hear_msm_mae.conv import SpectralWeights, conv1d_by_fft, fft_size, framed_conv1d, long_conv1d, transform_size
+from hear_msm_mae.conv import (SpectralWeights, conv1d_by_fft, fft_size, frames_product, group_norm_folded,
+                                long_conv1d, transform_size)
+from hear_msm_mae.encoders import wav2vec2 as wav2vec2_encoder
 from hear_msm_mae.encoders.vit import Block
+from hear_msm_mae.encoders.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_packed_linear_equals_the_separate_operations(dtype, tol):
@@ -205,20 +208,39 @@ def test_a_weight_normed_convolution_keeps_its_spectra_until_its_stored_parts_ch
 
 
 @pytest.mark.parametrize("kernel, stride, bias", [(10, 5, False), (4, 4, True), (3, 1, True)])
-def test_a_convolution_of_one_channel_runs_as_a_product_with_the_frames(kernel, stride, bias):
+def test_a_convolution_of_one_channel_is_a_product_with_the_frames(kernel, stride, bias):
+    """With the module's weight for every input, and with a weight of its own per input."""
     conv = torch.nn.Conv1d(1, 16, kernel, stride=stride, bias=bias).double()
     x = torch.randn(3, 1, 101, dtype=torch.float64)
-    expected = F.conv1d(x, conv.weight, conv.bias, stride=stride)
-    with torch.no_grad(), mock.patch.object(conv, "forward", side_effect=AssertionError("the module ran")):
-        out = framed_conv1d(conv, x)  # computed as a product, not by the module
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     with torch.no_grad():
-        wide = torch.nn.Conv1d(2, 4, 3).double()  # more than one input channel: the module's own kernel
-        assert torch.equal(framed_conv1d(wide, x.repeat(1, 2, 1)), wide(x.repeat(1, 2, 1)))
-    trained = framed_conv1d(conv, x)
-    assert trained.grad_fn is not None and torch.equal(trained, conv(x))
-    with torch.no_grad(), mock.patch.object(conv_kernels, "FRAMED_CONVOLUTION", False):  # the benchmarks' switch
-        assert torch.equal(framed_conv1d(conv, x), conv(x))
+        weight, shift = conv.weight[:, 0].expand(3, -1, -1), None if conv.bias is None else conv.bias.expand(3, -1)
+        torch.testing.assert_close(frames_product(x, weight, shift, stride),
+                                   F.conv1d(x, conv.weight, conv.bias, stride=stride), rtol=1e-12, atol=1e-12)
+        factors = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+        out = frames_product(x, factors[:, None, None] * weight, None, stride)
+        for i, factor in enumerate(factors):
+            torch.testing.assert_close(out[i], F.conv1d(x[i], factor * conv.weight, stride=stride),
+                                       rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_a_per_channel_group_norm_folds_into_the_convolution_before_it(affine):
+    """norm(conv(x)) from the frames' statistics, per input: with an offset in the input (its mean enters the
+    norm), the conv's bias (which the norm cancels), statistics gathered over blocks of frames."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(1, 16, 10, stride=5).double()
+    norm = torch.nn.GroupNorm(16, 16, affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.normal_()
+    x = torch.randn(2, 1, 4000, dtype=torch.float64) * torch.tensor([1.0, 0.01], dtype=torch.float64)[:, None, None]
+    x += torch.tensor([3.0, -0.5], dtype=torch.float64)[:, None, None]
+    with torch.no_grad():
+        weight, shift = group_norm_folded(conv, norm, x, block=100)
+        torch.testing.assert_close(frames_product(x, weight, shift, 5), norm(conv(x)), rtol=1e-9, atol=1e-9)
+        with pytest.raises(ValueError, match="one group per channel"):
+            group_norm_folded(conv, torch.nn.GroupNorm(4, 16), x)
 
 
 def test_a_shorter_input_reuses_kept_spectra_up_to_twice_its_size():
@@ -232,3 +254,29 @@ def test_a_shorter_input_reuses_kept_spectra_up_to_twice_its_size():
             torch.testing.assert_close(conv1d_by_fft(x, conv.weight, conv.bias, 8, 2, spectra), conv(x),
                                        rtol=1e-5, atol=1e-5)
             assert [key[0] for key in spectra.cache] == {300: [320], 200: [320], 40: [320, 64]}[length]
+
+
+@pytest.mark.parametrize("mode", ["group_norm", "layer_norm"])
+def test_the_feature_encoder_window_by_window_is_the_modules_over_the_whole_input(mode, monkeypatch):
+    """Windows of 7 frames, 3 per call (so calls mix inputs, and each input ends in a partial window), against
+    torchaudio's modules over each whole input: the Base layout's GroupNorm (folded) sees every frame."""
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(conv_layers=((16, 10, 5), (16, 3, 2), (16, 2, 2)), extractor_mode=mode,
+                            conv_bias=mode == "layer_norm", embed_dim=32, num_layers=1, num_heads=2, ffn_dim=64,
+                            pos_conv_kernel=8, pos_conv_groups=4)
+    encoder = Wav2Vec2Encoder(config).double()
+    with torch.no_grad():
+        for p in encoder.feature_extractor.parameters():
+            p.normal_()  # norms' scales and shifts too
+    monkeypatch.setattr(wav2vec2_encoder, "FEATURE_WINDOW", 7)
+    monkeypatch.setattr(wav2vec2_encoder, "WINDOWS_PER_CALL", 3)
+    assert (config.receptive_field, config.hop) == (30, 20)
+    waves = 2.0 + torch.randn(3, 30 + 20 * 40 + 13, dtype=torch.float64)  # 41 frames, 13 samples left over
+    with torch.no_grad():
+        first = encoder.feature_extractor.conv_layers[0].conv
+        with mock.patch.object(first, "forward", side_effect=AssertionError("the module ran")):
+            windowed = encoder.features(waves)
+        monkeypatch.setattr(wav2vec2_encoder, "WINDOWED_FEATURES", False)  # the benchmarks' switch
+        whole = encoder.features(waves)
+    assert windowed.shape == whole.shape == (3, 41, 16)
+    torch.testing.assert_close(windowed, whole, rtol=1e-10, atol=1e-10)

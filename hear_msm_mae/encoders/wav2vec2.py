@@ -3,9 +3,9 @@
 The three share one architecture (torchaudio.models.wav2vec2_model; WavLM: wavlm_model), whose modules and
 weights are built here, not written again; the forward pass of its transformer (`block`, `self_attention`) is
 torchaudio's for inference, with the package's CPU kernels: attention by `attention` (oneDNN Graph's fused
-kernel for long bfloat16 sequences), the position convolution by FFT (`long_conv1d`), the first conv as a
-product with the waveform's frames (`framed_conv1d`), the blocks' linears packed with their GELU and residual
-adds (`Linear`).
+kernel for long bfloat16 sequences), the position convolution by FFT (`long_conv1d`), the feature encoder
+window by window with its first conv as a product with the waveform's frames and its GroupNorm folded into
+that product (`windowed_features`), the blocks' linears packed with their GELU and residual adds (`Linear`).
 
 - Feature encoder: 7 convolutions (512 channels; kernels 10, 3, 3, 3, 3, 2, 2; strides 5, 2, 2, 2, 2, 2, 2),
   each followed by GELU. Base releases ("group_norm") normalise the first one with a GroupNorm per channel
@@ -37,12 +37,15 @@ from torchaudio.models import wav2vec2_model, wavlm_model
 from torchaudio.models.wav2vec2.components import EncoderLayer, SelfAttention, Transformer
 
 from ..attention import attention, gated_bias
-from ..conv import SpectralWeights, framed_conv1d, long_conv1d
+from ..conv import SpectralWeights, frames_product, group_norm_folded, long_conv1d
 from ..grid import TokenGrid, resolve_layers
 from ..linear import Linear, linear, packed_weight
 
 RELEASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # every release's feature encoder
 CONV_SAMPLES = 1 << 18  # samples per feature-encoder call (16 s at 16 kHz): its activations are 512 x samples / 5
+FEATURE_WINDOW = 64  # frames per window of the feature encoder at CPU inference (windowed_features) ...
+WINDOWS_PER_CALL = 4  # ... and windows per call: a first-layer activation of 4.2 MB in bfloat16
+WINDOWED_FEATURES = True  # (the benchmarks switch it off: the modules over whole inputs)
 
 
 @dataclass(frozen=True)
@@ -174,16 +177,67 @@ class Wav2Vec2Encoder(nn.Module):
         return [states[k] for k in indices]
 
     def features(self, waves: torch.Tensor) -> torch.Tensor:
-        """torchaudio's FeatureExtractor.forward: waves (n, W) -> (n, T, 512); each layer conv, its norm (if any),
-        GELU; the first conv (one input channel) as a product with the waveform's frames on the CPU, the GELUs
-        in place at inference (a fresh output of 33 MB, a 10-s clip's first layer, costs its page faults: 3%)."""
-        x = waves[:, None]  # (n, 1, W)
-        for i, layer in enumerate(self.feature_extractor.conv_layers):
-            x = framed_conv1d(layer.conv, x) if i == 0 else layer.conv(x)  # (n, C, frames)
-            if layer.layer_norm is not None:
-                x = layer.layer_norm(x)
-            x = F.gelu(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)
-        return x.transpose(1, 2)
+        """torchaudio's FeatureExtractor.forward: waves (n, W) -> (n, T, C); each layer conv, its norm (if any),
+        GELU. On the CPU at inference, window by window (`windowed_features`); else a bounded batch of inputs
+        at a time through the modules."""
+        if WINDOWED_FEATURES and waves.device.type == "cpu" and not torch.is_grad_enabled():
+            return self.windowed_features(waves)
+        per_call = max(1, CONV_SAMPLES // waves.shape[1])  # bounded conv activations, whatever the batch
+        outputs = []
+        for x in waves.split(per_call):
+            x = x[:, None]  # (n, 1, W)
+            for layer in self.feature_extractor.conv_layers:
+                x = layer.conv(x)  # (n, C, frames)
+                if layer.layer_norm is not None:
+                    x = layer.layer_norm(x)
+                x = F.gelu(x)
+            outputs.append(x.transpose(1, 2))
+        return torch.cat(outputs)
+
+    def windowed_features(self, waves: torch.Tensor) -> torch.Tensor:
+        """The feature encoder (CPU, inference) over windows of FEATURE_WINDOW frames, WINDOWS_PER_CALL at a time:
+        waves (n, W) -> (n, T, C).
+
+        The convolutions are unpadded, so frame t depends only on its own samples [320 t, 320 t + 400), and a
+        window of frames is computed from its samples alone (neighbouring windows' samples overlap by 80). Every
+        activation is then a few MB, in cache, never one of the whole input's fresh 33-MB tensors, each of which
+        cost its page faults (1.13x the whole feature encoder, measured at 10-s units). What the windows cannot
+        see is the Base releases' GroupNorm after the first convolution, over each input's whole time axis: it
+        is folded into that convolution per input, from the input's frame statistics (conv.group_norm_folded).
+        The first convolution is a product with the frames (conv.frames_product), the GELUs are in place."""
+        c = self.config
+        layers = self.feature_extractor.conv_layers
+        first, norm = layers[0].conv, layers[0].layer_norm
+        n, samples = waves.shape
+        frames = (samples - c.receptive_field) // c.hop + 1
+        if isinstance(norm, nn.GroupNorm):  # per input (n, C, K), (n, C)
+            weight, bias = group_norm_folded(first, norm, waves[:, None])
+        else:
+            weight = first.weight[:, 0].expand(n, -1, -1)
+            bias = None if first.bias is None else first.bias.expand(n, -1)
+        out = waves.new_empty(n, c.conv_layers[-1][0], frames)  # (n, C, T)
+        starts = range(0, frames, FEATURE_WINDOW)  # windows of equal length in a call: the full ones, then the last
+        windows = [(b, t) for t in starts[:-1] for b in range(n)], [(b, starts[-1]) for b in range(n)]
+        for same_length in windows:
+            for i in range(0, len(same_length), WINDOWS_PER_CALL):
+                call = same_length[i:i + WINDOWS_PER_CALL]
+                length = min(FEATURE_WINDOW, frames - call[0][1])  # frames per window
+                span = c.hop * (length - 1) + c.receptive_field  # samples per window
+                x = torch.stack([waves[b, c.hop * t:c.hop * t + span] for b, t in call])[:, None]  # (w, 1, span)
+                clips = torch.tensor([b for b, _ in call])
+                x = frames_product(x, weight[clips], None if bias is None else bias[clips],
+                                   first.stride[0])  # (w, C, frames of the first conv)
+                if norm is not None and not isinstance(norm, nn.GroupNorm):
+                    x = norm(x)
+                x = torch.ops.aten.gelu_(x)
+                for layer in layers[1:]:
+                    x = layer.conv(x)
+                    if layer.layer_norm is not None:
+                        x = layer.layer_norm(x)
+                    x = torch.ops.aten.gelu_(x)
+                for (b, t), window in zip(call, x):  # (C, length)
+                    out[b, :, t:t + length] = window
+        return out.transpose(1, 2)
 
     def position(self, transformer: Transformer, x: torch.Tensor) -> torch.Tensor:
         """torchaudio's Transformer._preprocess: x + GELU(conv(x)) (the conv's last output dropped for an even
