@@ -159,8 +159,7 @@ class Wav2Vec2Encoder(nn.Module):
         if x.dim() != 4 or x.shape[1:3] != (1, 1) or x.shape[3] < field:
             raise ValueError(f"waveform units must be (n, 1, 1, W) with W >= {field} samples, not {tuple(x.shape)}")
         waves = x.flatten(1)  # (n, W)
-        per_call = max(1, CONV_SAMPLES // waves.shape[1])  # bounded conv activations, whatever the batch
-        features = torch.cat([self.features(part) for part in waves.split(per_call)])  # (n, T, C)
+        features = self.features(waves)  # (n, T, C)
         transformer = self.encoder.transformer
         h = self.position(transformer, self.encoder.feature_projection(features))  # (n, T, D)
         states = {0: h} if 0 in indices else {}
