@@ -82,6 +82,10 @@ BAD_AUDIO = [
     (torch.zeros(1, 16000, dtype=torch.int16), TypeError, "int16"),
     (torch.full((1, 16000), float("nan")), ValueError, "NaN"),
     (torch.tensor([[0.0] * 8000 + [float("inf")] * 8000]), ValueError, "Inf"),
+    (torch.zeros(2, 16000).index_put_((torch.tensor([1]), torch.tensor([777])), torch.tensor(float("nan"))),
+     ValueError, "NaN"),  # one sample of one clip
+    (torch.zeros(2, 16000).index_put_((torch.tensor([0]), torch.tensor([15999])), torch.tensor(-float("inf"))),
+     ValueError, "Inf"),
     (np.zeros((1, 16000), dtype=np.float32), TypeError, "ndarray"),
     (torch.zeros(1, 100), ValueError, "too short"),
     (torch.zeros(1, 16000, device="meta"), ValueError, "meta"),
