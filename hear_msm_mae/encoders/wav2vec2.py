@@ -182,16 +182,8 @@ class Wav2Vec2Encoder(nn.Module):
         if WINDOWED_FEATURES and waves.device.type == "cpu" and not torch.is_grad_enabled():
             return self.windowed_features(waves)
         per_call = max(1, CONV_SAMPLES // waves.shape[1])  # bounded conv activations, whatever the batch
-        outputs = []
-        for x in waves.split(per_call):
-            x = x[:, None]  # (n, 1, W)
-            for layer in self.feature_extractor.conv_layers:
-                x = layer.conv(x)  # (n, C, frames)
-                if layer.layer_norm is not None:
-                    x = layer.layer_norm(x)
-                x = F.gelu(x)
-            outputs.append(x.transpose(1, 2))
-        return torch.cat(outputs)
+        layers = self.feature_extractor.conv_layers
+        return torch.cat([convolve(layers, x[:, None]).transpose(1, 2) for x in waves.split(per_call)])
 
     def windowed_features(self, waves: torch.Tensor) -> torch.Tensor:
         """The feature encoder (CPU, inference) over windows of FEATURE_WINDOW frames, WINDOWS_PER_CALL at a time:
@@ -228,12 +220,7 @@ class Wav2Vec2Encoder(nn.Module):
                                    first.stride[0])  # (w, C, frames of the first conv)
                 if norm is not None and not isinstance(norm, nn.GroupNorm):
                     x = norm(x)
-                x = torch.ops.aten.gelu_(x)
-                for layer in layers[1:]:
-                    x = layer.conv(x)
-                    if layer.layer_norm is not None:
-                        x = layer.layer_norm(x)
-                    x = torch.ops.aten.gelu_(x)
+                x = convolve(layers[1:], torch.ops.aten.gelu_(x))  # (w, C, length)
                 for (b, t), window in zip(call, x):  # (C, length)
                     out[b, :, t:t + length] = window
         return out.transpose(1, 2)
@@ -245,6 +232,17 @@ class Wav2Vec2Encoder(nn.Module):
         position = long_conv1d(embedding.conv, x.transpose(1, 2), self.pos_conv_spectra)  # (n, D, T + 1 - K % 2)
         x = x + F.gelu(position[..., :x.shape[1]]).transpose(1, 2)
         return transformer.layer_norm(x) if transformer.layer_norm_first else x
+
+
+def convolve(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """torchaudio's ConvLayerBlocks in turn: x (n, C_in, T) -> (n, C, frames); each its conv, its norm (if any),
+    GELU (in place without gradients: a fresh output's pages cost more than the GELU)."""
+    for layer in layers:
+        x = layer.conv(x)
+        if layer.layer_norm is not None:
+            x = layer.layer_norm(x)
+        x = F.gelu(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)
+    return x
 
 
 def block(layer: EncoderLayer, x: torch.Tensor, position_bias: Optional[torch.Tensor],
