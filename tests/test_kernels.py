@@ -1,4 +1,6 @@
 """The CPU inference kernels against the plain operations a GPU (or training) runs, on the CPU."""
+import contextlib
+import copy
 from unittest import mock
 
 import pytest
@@ -9,8 +11,8 @@ from hear_msm_mae.precision import fast_dtype, resolve_dtype
 from hear_msm_mae.linear import Linear, can_pack, pack
 from hear_msm_mae import attention as kernels
 from hear_msm_mae.attention import SHORT_ATTENTION_TOKENS, FusedAttention, attention
-from hear_msm_mae.conv import (SpectralWeights, conv1d_by_fft, fft_size, frames_product, group_norm_folded,
-                                long_conv1d, transform_size)
+from hear_msm_mae.conv import (SpectralWeights, conv1d_by_fft, conv_matrix, fft_size, frames_product,
+                               group_norm_folded, long_conv1d, strided_frames, transform_size)
 from hear_msm_mae.encoders import wav2vec2 as wav2vec2_encoder
 from hear_msm_mae.encoders.vit import Block
 from hear_msm_mae.encoders.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
@@ -215,12 +217,30 @@ def test_a_convolution_of_one_channel_is_a_product_with_the_frames(kernel, strid
     with torch.no_grad():
         weight, shift = conv.weight[:, 0].expand(3, -1, -1), None if conv.bias is None else conv.bias.expand(3, -1)
         torch.testing.assert_close(frames_product(x, weight, shift, stride),
-                                   F.conv1d(x, conv.weight, conv.bias, stride=stride), rtol=1e-12, atol=1e-12)
+                                   F.conv1d(x, conv.weight, conv.bias, stride=stride).transpose(1, 2),
+                                   rtol=1e-12, atol=1e-12)
         factors = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
         out = frames_product(x, factors[:, None, None] * weight, None, stride)
         for i, factor in enumerate(factors):
-            torch.testing.assert_close(out[i], F.conv1d(x[i], factor * conv.weight, stride=stride),
+            torch.testing.assert_close(out[i], F.conv1d(x[i], factor * conv.weight, stride=stride).T,
                                        rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel, stride", [(3, 2), (2, 2), (4, 1), (1, 3)])
+def test_a_convolution_of_channels_last_frames_is_a_matrix_product(kernel, stride):
+    """conv(x) = strided_frames(x) times conv_matrix(conv): frames that overlap, tile, or skip input frames, and
+    an input that is a slice of a larger tensor (an offset into its storage)."""
+    conv = torch.nn.Conv1d(6, 5, kernel, stride=stride).double()
+    x = torch.randn(3, 23, 6, dtype=torch.float64)[:, 2:]  # (n, T, C), (T, C) contiguous, offset
+    with torch.no_grad():
+        out = F.linear(strided_frames(x, kernel, stride), conv_matrix(conv), conv.bias)
+        torch.testing.assert_close(out, conv(x.transpose(1, 2)).transpose(1, 2), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="contiguous"):
+        strided_frames(x.transpose(1, 2), kernel, stride)
+    with pytest.raises(ValueError, match="shorter than the kernel"):
+        strided_frames(x[:, :kernel - 1], kernel, stride)
+    with pytest.raises(ValueError, match="unpadded"):
+        conv_matrix(torch.nn.Conv1d(6, 5, kernel, padding=1))
 
 
 @pytest.mark.parametrize("affine", [True, False])
@@ -238,7 +258,8 @@ def test_a_per_channel_group_norm_folds_into_the_convolution_before_it(affine):
     x += torch.tensor([3.0, -0.5], dtype=torch.float64)[:, None, None]
     with torch.no_grad():
         weight, shift = group_norm_folded(conv, norm, x, block=100)
-        torch.testing.assert_close(frames_product(x, weight, shift, 5), norm(conv(x)), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(frames_product(x, weight, shift, 5), norm(conv(x)).transpose(1, 2), rtol=1e-9,
+                                   atol=1e-9)
         with pytest.raises(ValueError, match="one group per channel"):
             group_norm_folded(conv, torch.nn.GroupNorm(4, 16), x)
 
@@ -256,10 +277,12 @@ def test_a_shorter_input_reuses_kept_spectra_up_to_twice_its_size():
             assert [key[0] for key in spectra.cache] == {300: [320], 200: [320], 40: [320, 64]}[length]
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("mode", ["group_norm", "layer_norm"])
-def test_the_feature_encoder_window_by_window_is_the_modules_over_the_whole_input(mode, monkeypatch):
+def test_the_feature_encoder_window_by_window_is_the_modules_over_the_whole_input(mode, packed, monkeypatch):
     """Windows of 7 frames, 3 per call (so calls mix inputs, and each input ends in a partial window), against
-    torchaudio's modules over each whole input: the Base layout's GroupNorm (folded) sees every frame."""
+    torchaudio's modules over each whole input (float64): the Base layout's GroupNorm (folded) sees every frame.
+    Unpacked in float64; packed (oneDNN's products, GELU inside) in float32, as load_model prepares the CPU."""
     torch.manual_seed(0)
     config = Wav2Vec2Config(conv_layers=((16, 10, 5), (16, 3, 2), (16, 2, 2)), extractor_mode=mode,
                             conv_bias=mode == "layer_norm", embed_dim=32, num_layers=1, num_heads=2, ffn_dim=64,
@@ -268,15 +291,20 @@ def test_the_feature_encoder_window_by_window_is_the_modules_over_the_whole_inpu
     with torch.no_grad():
         for p in encoder.feature_extractor.parameters():
             p.normal_()  # norms' scales and shifts too
+    windowed_encoder = pack(copy.deepcopy(encoder).float()) if packed else encoder
+    assert (windowed_encoder.conv_products is not None) == packed
     monkeypatch.setattr(wav2vec2_encoder, "FEATURE_WINDOW", 7)
     monkeypatch.setattr(wav2vec2_encoder, "WINDOWS_PER_CALL", 3)
     assert (config.receptive_field, config.hop) == (30, 20)
     waves = 2.0 + torch.randn(3, 30 + 20 * 40 + 13, dtype=torch.float64)  # 41 frames, 13 samples left over
     with torch.no_grad():
-        first = encoder.feature_extractor.conv_layers[0].conv
-        with mock.patch.object(first, "forward", side_effect=AssertionError("the module ran")):
-            windowed = encoder.features(waves)
+        with contextlib.ExitStack() as modules:
+            for layer in windowed_encoder.feature_extractor.conv_layers:
+                modules.enter_context(mock.patch.object(layer.conv, "forward",
+                                                        side_effect=AssertionError("a module ran")))
+            windowed = windowed_encoder.features(waves.to(next(windowed_encoder.parameters()).dtype))
         monkeypatch.setattr(wav2vec2_encoder, "WINDOWED_FEATURES", False)  # the benchmarks' switch
         whole = encoder.features(waves)
     assert windowed.shape == whole.shape == (3, 41, 16)
-    torch.testing.assert_close(windowed, whole, rtol=1e-10, atol=1e-10)
+    tolerance = 1e-5 * float(whole.abs().max()) if packed else 1e-10
+    torch.testing.assert_close(windowed.double(), whole, rtol=tolerance, atol=tolerance)

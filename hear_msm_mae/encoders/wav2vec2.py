@@ -4,8 +4,9 @@ The three share one architecture (torchaudio.models.wav2vec2_model; WavLM: wavlm
 weights are built here, not written again; the forward pass of its transformer (`block`, `self_attention`) is
 torchaudio's for inference, with the package's CPU kernels: attention by `attention` (oneDNN Graph's fused
 kernel for long bfloat16 sequences), the position convolution by FFT (`long_conv1d`), the feature encoder
-window by window with its first conv as a product with the waveform's frames and its GroupNorm folded into
-that product (`windowed_features`), the blocks' linears packed with their GELU and residual adds (`Linear`).
+window by window, channels last: its first conv a product with the waveform's frames with its GroupNorm folded
+into that product, the others packed products with their inputs' frames and their GELU
+(`windowed_features`), the blocks' linears packed with their GELU and residual adds (`Linear`).
 
 - Feature encoder: 7 convolutions (512 channels; kernels 10, 3, 3, 3, 3, 2, 2; strides 5, 2, 2, 2, 2, 2, 2),
   each followed by GELU. Base releases ("group_norm") normalise the first one with a GroupNorm per channel
@@ -37,14 +38,14 @@ from torchaudio.models import wav2vec2_model, wavlm_model
 from torchaudio.models.wav2vec2.components import EncoderLayer, SelfAttention, Transformer
 
 from ..attention import attention, gated_bias
-from ..conv import SpectralWeights, frames_product, group_norm_folded, long_conv1d
+from ..conv import SpectralWeights, conv_matrix, frames_product, group_norm_folded, long_conv1d, strided_frames
 from ..grid import TokenGrid, resolve_layers
 from ..linear import Linear, linear, packed_weight
 
 RELEASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # every release's feature encoder
 CONV_SAMPLES = 1 << 18  # samples per feature-encoder call (16 s at 16 kHz): its activations are 512 x samples / 5
 FEATURE_WINDOW = 64  # frames per window of the feature encoder at CPU inference (windowed_features) ...
-WINDOWS_PER_CALL = 4  # ... and windows per call: a first-layer activation of 4.2 MB in bfloat16
+WINDOWS_PER_CALL = 4  # ... and windows per call: a first-layer activation of 17 MB in bfloat16
 WINDOWED_FEATURES = True  # (the benchmarks switch it off: the modules over whole inputs)
 
 
@@ -120,6 +121,7 @@ class Wav2Vec2Encoder(nn.Module):
     """
     num_prefix_tokens = 0
     pool = None  # no clip-level output
+    conv_products: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None  # pack(): the convs after the first
 
     def __init__(self, config: Wav2Vec2Config):
         super().__init__()
@@ -185,9 +187,16 @@ class Wav2Vec2Encoder(nn.Module):
         layers = self.feature_extractor.conv_layers
         return torch.cat([convolve(layers, x[:, None]).transpose(1, 2) for x in waves.split(per_call)])
 
+    def pack(self) -> None:
+        """For CPU inference: the feature encoder's convolutions after the first as (C_out, K C_in) matrices laid
+        out for oneDNN (windowed_features; like every packed weight, a copy that does not follow later changes)."""
+        if self.conv_products is None:
+            matrices = [conv_matrix(layer.conv) for layer in self.feature_extractor.conv_layers[1:]]
+            self.conv_products = [(m, packed_weight(m)) for m in matrices]
+
     def windowed_features(self, waves: torch.Tensor) -> torch.Tensor:
-        """The feature encoder (CPU, inference) over windows of FEATURE_WINDOW frames, WINDOWS_PER_CALL at a time:
-        waves (n, W) -> (n, T, C).
+        """The feature encoder (CPU, inference) over windows of FEATURE_WINDOW frames, WINDOWS_PER_CALL at a time,
+        channels last: waves (n, W) -> (n, T, C).
 
         The convolutions are unpadded, so frame t depends only on its own samples [320 t, 320 t + 400), and a
         window of frames is computed from its samples alone (neighbouring windows' samples overlap by 80). Every
@@ -195,10 +204,13 @@ class Wav2Vec2Encoder(nn.Module):
         cost its page faults (1.13x the whole feature encoder, measured at 10-s units). What the windows cannot
         see is the Base releases' GroupNorm after the first convolution, over each input's whole time axis: it
         is folded into that convolution per input, from the input's frame statistics (conv.group_norm_folded).
-        The first convolution is a product with the frames (conv.frames_product), the GELUs are in place."""
+        The first convolution is a product with the frames (conv.frames_product), its GELU in place; the others
+        are products of their weight matrices with their input frames side by side (conv.strided_frames), by
+        oneDNN with the GELU inside once packed (pack()); Large releases' LayerNorm (per frame) comes between."""
         c = self.config
         layers = self.feature_extractor.conv_layers
         first, norm = layers[0].conv, layers[0].layer_norm
+        products = self.conv_products or [(conv_matrix(layer.conv), None) for layer in layers[1:]]
         n, samples = waves.shape
         frames = (samples - c.receptive_field) // c.hop + 1
         if isinstance(norm, nn.GroupNorm):  # per input (n, C, K), (n, C)
@@ -206,7 +218,7 @@ class Wav2Vec2Encoder(nn.Module):
         else:
             weight = first.weight[:, 0].expand(n, -1, -1)
             bias = None if first.bias is None else first.bias.expand(n, -1)
-        out = waves.new_empty(n, c.conv_layers[-1][0], frames)  # (n, C, T)
+        out = waves.new_empty(n, frames, c.conv_layers[-1][0])  # (n, T, C)
         starts = range(0, frames, FEATURE_WINDOW)  # windows of equal length in a call: the full ones, then the last
         windows = [(b, t) for t in starts[:-1] for b in range(n)], [(b, starts[-1]) for b in range(n)]
         for same_length in windows:
@@ -217,13 +229,20 @@ class Wav2Vec2Encoder(nn.Module):
                 x = torch.stack([waves[b, c.hop * t:c.hop * t + span] for b, t in call])[:, None]  # (w, 1, span)
                 clips = torch.tensor([b for b, _ in call])
                 x = frames_product(x, weight[clips], None if bias is None else bias[clips],
-                                   first.stride[0])  # (w, C, frames of the first conv)
+                                   first.stride[0])  # (w, frames of the first conv, C)
                 if norm is not None and not isinstance(norm, nn.GroupNorm):
-                    x = norm(x)
-                x = convolve(layers[1:], torch.ops.aten.gelu_(x))  # (w, C, length)
-                for (b, t), window in zip(call, x):  # (C, length)
-                    out[b, :, t:t + length] = window
-        return out.transpose(1, 2)
+                    x = channel_norm(norm, x)
+                x = torch.ops.aten.gelu_(x)
+                for layer, (matrix, packed) in zip(layers[1:], products):
+                    x = strided_frames(x, layer.conv.kernel_size[0], layer.conv.stride[0]).contiguous()
+                    if layer.layer_norm is None:  # (w, frames, C)
+                        x = linear(x, matrix, layer.conv.bias, packed, activation="gelu")
+                    else:
+                        x = torch.ops.aten.gelu_(channel_norm(layer.layer_norm,
+                                                              linear(x, matrix, layer.conv.bias, packed)))
+                for (b, t), window in zip(call, x):  # (length, C)
+                    out[b, t:t + length] = window
+        return out
 
     def position(self, transformer: Transformer, x: torch.Tensor) -> torch.Tensor:
         """torchaudio's Transformer._preprocess: x + GELU(conv(x)) (the conv's last output dropped for an even
@@ -243,6 +262,12 @@ def convolve(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
             x = layer.layer_norm(x)
         x = F.gelu(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)
     return x
+
+
+def channel_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """torchaudio's feature-encoder LayerNorm (over the channels of (n, C, T), by transposing) on channels-last
+    x (n, T, C)."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def block(layer: EncoderLayer, x: torch.Tensor, position_bias: Optional[torch.Tensor],
