@@ -308,3 +308,37 @@ def test_the_feature_encoder_window_by_window_is_the_modules_over_the_whole_inpu
     assert windowed.shape == whole.shape == (3, 41, 16)
     tolerance = 1e-5 * float(whole.abs().max()) if packed else 1e-10
     torch.testing.assert_close(windowed.double(), whole, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("layer_norm_first", [False, True])
+@pytest.mark.parametrize("relative", [False, True])
+def test_the_waveform_blocks_add_and_norm_a_wider_stream_outside_their_products(layer_norm_first, relative):
+    """A block whose products compute in float32 given a float64 stream (the float32-stream path that bfloat16
+    models take) against the same block in float64 (residual adds inside the products): equal within float32
+    rounding, post-LN and pre-LN, with and without WavLM's gated relative bias; and a bfloat16 encoder's
+    every layer (0, the blocks, the pre-LN final norm) comes out in float32, near the float64 encoder's."""
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(conv_layers=((16, 10, 5), (16, 3, 2)), embed_dim=32, num_layers=2, num_heads=2,
+                            ffn_dim=64, pos_conv_kernel=8, pos_conv_groups=4, layer_norm_first=layer_norm_first,
+                            num_buckets=8 if relative else 0, max_distance=16 if relative else 0)
+    wide = Wav2Vec2Encoder(config).double()
+    with torch.no_grad():
+        for name, p in wide.named_parameters():
+            if "norm" in name:
+                p.normal_()  # the norms' weights cast to the stream's dtype
+    narrow = copy.deepcopy(wide).float()
+    x = torch.randn(2, 20, 32, dtype=torch.float64)
+    with torch.no_grad():
+        bias_wide = bias_narrow = None
+        for layer_wide, layer_narrow in zip(wide.encoder.transformer.layers, narrow.encoder.transformer.layers):
+            expected, bias_wide = wav2vec2_encoder.block(layer_wide, x, bias_wide)
+            out, bias_narrow = wav2vec2_encoder.block(layer_narrow, x, bias_narrow)
+            assert out.dtype == torch.float64
+            torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5)
+            x = expected
+        waves = torch.randn(2, 30 + 20 * 24)
+        reference = wide.encode(waves.double()[:, None, None], layers=[0, 1, 2])
+        low = copy.deepcopy(wide).bfloat16().encode(waves.bfloat16()[:, None, None], layers=[0, 1, 2])
+    for a, b in zip(low, reference):
+        assert a.dtype == torch.float32
+        assert float(F.cosine_similarity(a.double(), b, dim=-1).min()) > 0.99
