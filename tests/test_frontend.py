@@ -22,7 +22,7 @@ def test_chunked_equals_torchaudio_in_one_piece(config):
         sample_rate=config.sample_rate, n_fft=config.n_fft, win_length=config.n_fft, hop_length=config.hop_length,
         n_mels=80, f_min=50, f_max=config.sample_rate / 2, power=2.0, norm="slaney", mel_scale="slaney")(audio)
     reference = torch.log(reference + LOG_EPS)
-    for chunk_frames in (7, 64, 100_000):
+    for chunk_frames in (7, 64, None, 100_000):  # in all: 3, 32, the default 1310 (16 kHz) or 655 per clip, one
         frontend = LogMelSpectrogram(config, chunk_frames=chunk_frames)
         lms = frontend(audio)
         assert lms.shape == (2, 80, audio.shape[1] // config.hop_length + 1) == (2, 80, frontend.num_frames(audio.shape[1]))
