@@ -72,7 +72,8 @@ once, so a change in the machine's load hits them alike):
                   attention switched off (SDPA instead, hear_msm_mae.attention.FUSED_CPU_ATTENTION); BEATs'
                   and the waveform families' also with their position convolution direct instead of by FFT,
                   the waveform families' with their feature encoder by torchaudio's modules over whole
-                  inputs instead of window by window (the flags: SWITCHES), each in the same rounds; and
+                  inputs instead of window by window, and their residual stream in bfloat16 instead of
+                  float32 (the flags: SWITCHES), each in the same rounds; and
                   MSM-MAE's with the encoder's oneDNN-packed linears and/or its
                   batched-product attention for short sequences switched off.
   compile         (--compile) torch.compile (inductor) of the loaded encoder's `encode`, one static graph
@@ -842,6 +843,7 @@ SWITCHES = [  # (module, flag, families (None: all), title): the ablation's CPU 
     (kernels, "FUSED_CPU_ATTENTION", None, "fused attention off (SDPA)"),
     (conv, "FFT_CONVOLUTION", ("beats",) + WAVEFORM, "position convolution direct instead of by FFT"),
     (wav2vec2_encoder, "WINDOWED_FEATURES", WAVEFORM, "feature encoder by the modules over whole inputs, not windowed"),
+    (wav2vec2_encoder, "FLOAT32_STREAM", WAVEFORM, "residual stream in bfloat16, adds inside the products"),
 ]
 
 

@@ -47,6 +47,7 @@ CONV_SAMPLES = 1 << 18  # samples per feature-encoder call (16 s at 16 kHz): its
 FEATURE_WINDOW = 64  # frames per window of the feature encoder at CPU inference (windowed_features) ...
 WINDOWS_PER_CALL = 4  # ... and windows per call: a first-layer activation of 17 MB in bfloat16
 WINDOWED_FEATURES = True  # (the benchmarks switch it off: the modules over whole inputs)
+FLOAT32_STREAM = True  # the blocks' residual stream in float32 when they compute in bfloat16/float16 (block)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class Wav2Vec2Encoder(nn.Module):
         transformer = self.encoder.transformer
         h = self.position(transformer, self.encoder.feature_projection(features))  # (n, T, D)
         dtype = h.dtype
-        if dtype in (torch.bfloat16, torch.float16):
+        if FLOAT32_STREAM and dtype in (torch.bfloat16, torch.float16):
             h = h.float()  # the residual stream (block)
         states = {0: h} if 0 in indices else {}
         position_bias = None  # WavLM: block 0's relative position bias (H, T, T), passed on ungated to later blocks
