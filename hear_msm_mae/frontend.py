@@ -85,8 +85,9 @@ class LogMelSpectrogram(nn.Module):
     default 2^20 samples of frames, 4 MB in float32): memory stays bounded on long clips, and the working
     set in cache (8 clips of 10 s against one chunk, 32 MB of ATST's 1024-sample frames: whole calls of
     ATST-Frame 1.006-1.046x, ATST-Clip 1.03x, Dasheng 1.016x, MSM-MAE 1.000x in same-process A/Bs, the
-    same bits). The result equals one STFT over the whole clip within float32 rounding (the mel product's
-    sums may round differently at another chunk width: 1-2e-7 relative, seen at 20-128 clips a batch).
+    same bits at those shapes). The result equals one STFT over the whole clip within float32 rounding (the
+    mel product's sums may round differently at another chunk width: 1-2e-7 relative, seen at 20-128 clips a
+    batch).
     """
 
     frame_offset_ms = 0.0  # centred frames

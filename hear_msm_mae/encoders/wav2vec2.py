@@ -178,7 +178,7 @@ class Wav2Vec2Encoder(nn.Module):
             if k in indices:
                 states[k] = h
         if self.config.layer_norm_first and self.depth in states:
-            states[self.depth] = block_norm(transformer.layer_norm, states[self.depth])
+            states[self.depth] = layer_norm(transformer.layer_norm, states[self.depth])
         return [states[k] for k in indices]
 
     def features(self, waves: torch.Tensor) -> torch.Tensor:
@@ -235,15 +235,15 @@ class Wav2Vec2Encoder(nn.Module):
                 x = frames_product(x, weight[clips], None if bias is None else bias[clips],
                                    first.stride[0])  # (w, frames of the first conv, C)
                 if norm is not None and not isinstance(norm, nn.GroupNorm):
-                    x = channel_norm(norm, x)
+                    x = layer_norm(norm, x)
                 x = torch.ops.aten.gelu_(x)
                 for layer, (matrix, packed) in zip(layers[1:], products):
                     x = strided_frames(x, layer.conv.kernel_size[0], layer.conv.stride[0]).contiguous()
                     if layer.layer_norm is None:  # (w, frames, C)
                         x = linear(x, matrix, layer.conv.bias, packed, activation="gelu")
                     else:
-                        x = torch.ops.aten.gelu_(channel_norm(layer.layer_norm,
-                                                              linear(x, matrix, layer.conv.bias, packed)))
+                        x = layer_norm(layer.layer_norm, linear(x, matrix, layer.conv.bias, packed))
+                        x = torch.ops.aten.gelu_(x)
                 for (b, t), window in zip(call, x):  # (length, C)
                     out[b, t:t + length] = window
         return out
@@ -268,12 +268,6 @@ def convolve(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def channel_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """torchaudio's feature-encoder LayerNorm (over the channels of (n, C, T), by transposing) on channels-last
-    x (n, T, C)."""
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-
-
 def block(layer: EncoderLayer, x: torch.Tensor, position_bias: Optional[torch.Tensor],
           gated: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """torchaudio's EncoderLayer.forward at inference (no masks, no dropout): x (n, T, D) -> (n, T, D), the
@@ -290,19 +284,21 @@ def block(layer: EncoderLayer, x: torch.Tensor, position_bias: Optional[torch.Te
     def add(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:  # x + branch, unless added inside its product
         return branch if inside else x + branch
     if layer.layer_norm_first:  # x + attention(LN(x)), then x + FF(LN(x))
-        a, position_bias = self_attention(layer.attention, block_norm(layer.layer_norm, x).to(dtype), position_bias,
+        a, position_bias = self_attention(layer.attention, layer_norm(layer.layer_norm, x).to(dtype), position_bias,
                                           x if inside else None, gated)
         x = add(x, a)
-        y = ff.intermediate_dense(block_norm(layer.final_layer_norm, x).to(dtype), activation="gelu")
+        y = ff.intermediate_dense(layer_norm(layer.final_layer_norm, x).to(dtype), activation="gelu")
         return add(x, ff.output_dense(y, residual=x if inside else None)), position_bias
     a, position_bias = self_attention(layer.attention, x.to(dtype), position_bias, x if inside else None, gated)
-    x = block_norm(layer.layer_norm, add(x, a))  # LN(x + attention(x)), then LN(x + FF(x))
+    x = layer_norm(layer.layer_norm, add(x, a))  # LN(x + attention(x)), then LN(x + FF(x))
     y = ff.intermediate_dense(x.to(dtype), activation="gelu")
-    return block_norm(layer.final_layer_norm, add(x, ff.output_dense(y, residual=x if inside else None))), position_bias
+    return layer_norm(layer.final_layer_norm, add(x, ff.output_dense(y, residual=x if inside else None))), position_bias
 
 
-def block_norm(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """A LayerNorm of the blocks in x's dtype (the float32 stream's norms with the weights in float32)."""
+def layer_norm(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """A LayerNorm module's normalisation of x's last dimension, with its weights in x's dtype: the blocks' norms
+    (the float32 stream's in float32) and the feature encoder's on channels-last windows (torchaudio's module
+    transposes (n, C, T) inputs)."""
     return F.layer_norm(x, module.normalized_shape, module.weight.to(x.dtype), module.bias.to(x.dtype), module.eps)
 
 
