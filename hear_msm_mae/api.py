@@ -34,13 +34,16 @@ def load_model(model_file_path: Union[str, Path], device: Optional[Union[str, to
     batch_tokens, pad_last_unit, freq_pool, layers, layer_pool, scene, unit_frames).
     """
     embedder_options = EmbedderOptions.from_kwargs(**options)
-    checkpoint = load_checkpoint(resolve(model_file_path), family, embedder_options.unit_frames)
     device = torch.device(device) if device is not None else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    encoder = build_encoder(checkpoint, device=device, dtype=resolve_dtype(embedder_options.dtype, device))
-    if can_pack(device):
-        pack(encoder)
-    return Embedder(encoder, checkpoint, embedder_options).to(device).eval()
+    # Ordinary tensors even when called under torch.inference_mode(): inference tensors carry no version
+    # counter, which the caches of weights computed from weights (e.g. conv.SpectralWeights) key on.
+    with torch.inference_mode(False):
+        checkpoint = load_checkpoint(resolve(model_file_path), family, embedder_options.unit_frames)
+        encoder = build_encoder(checkpoint, device=device, dtype=resolve_dtype(embedder_options.dtype, device))
+        if can_pack(device):
+            pack(encoder)
+        return Embedder(encoder, checkpoint, embedder_options).to(device).eval()
 
 
 def bind(family_name: str, default_path: Optional[Callable[[], Path]] = None) -> Callable[..., Embedder]:

@@ -74,6 +74,18 @@ def test_other_float_dtypes_are_converted(name):
     torch.testing.assert_close(get_scene_embeddings(audio.double(), m), get_scene_embeddings(audio, m))
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_model_loaded_under_inference_mode_is_the_same_model(name):
+    """Weights made under torch.inference_mode() would be inference tensors (no version counter: the
+    position convolution's cached spectra could not be keyed on it); load_model makes ordinary ones."""
+    audio = clips(1, 1.3)
+    with torch.inference_mode():
+        m = model(name)
+        scene = get_scene_embeddings(audio, m)
+    assert not any(p.is_inference() for p in m.parameters())
+    assert torch.equal(scene, get_scene_embeddings(audio, model(name)))
+
+
 BAD_AUDIO = [
     (torch.zeros(16000), ValueError, "unsqueeze"),
     (torch.zeros(1, 2, 16000), ValueError, "3-D"),
