@@ -9,7 +9,7 @@ convolutions of BEATs and the waveform models) as products of spectra, and a wav
         a weight and bias per input, as one product of each weight with its input's frames, channels last
     group_norm_folded(conv, norm, x): the weight and bias per input that make frames_product give norm(conv(x)),
         a per-channel GroupNorm folded into the convolution from the input's frame statistics
-    strided_frames(x, kernel, stride), conv_matrix(conv): a convolution of channels-last inputs as a matrix
+    strided_frames(x, kernel, stride), conv_matrix(weight): a convolution of channels-last inputs as a matrix
         product, x (n, T, C) -> frames (n, frames, K C), times the weight as a (C_out, K C) matrix
 
 A 128-tap kernel over 48 channels per group runs at ~175 GFLOP/s on this project's CPU as a direct
@@ -40,12 +40,14 @@ bfloat16 rounding instead of two per layer.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
+
+from .linear import weights_state
 
 FFT_CONVOLUTION = True  # the encoders' CPU inference convolves by FFT (benchmarks switch it off)
 
@@ -84,8 +86,10 @@ class SpectralWeights:
             sources: Tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
         """(C_out, C / groups, K) -> (size // 2 + 1, groups, C_out / groups, C / groups), complex64. `sources`: the
         tensors the weight is computed from, if it is computed (weight norm's direction and magnitude)."""
-        state = tuple((t.data_ptr(), t._version) for t in (sources or (weight,)))
-        key = (size, groups, state, weight.device)
+        state = weights_state(sources or (weight,))
+        if state is None:  # inference tensors: nothing to key on, made afresh
+            return self.spectra(weight, groups, size)
+        key = (size, groups, state)
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
@@ -93,10 +97,14 @@ class SpectralWeights:
             del self.cache[old]
         while len(self.cache) >= self.max_sizes:
             self.cache.popitem(last=False)
+        self.cache[key] = self.spectra(weight, groups, size)
+        return self.cache[key]
+
+    @staticmethod
+    def spectra(weight: torch.Tensor, groups: int, size: int) -> torch.Tensor:
         c_out, c_in, _ = weight.shape
         spectra = torch.fft.rfft(weight.detach().float().flip(-1), size)  # correlation: the kernel reversed
-        self.cache[key] = spectra.view(groups, c_out // groups, c_in, -1).permute(3, 0, 1, 2).contiguous()
-        return self.cache[key]
+        return spectra.view(groups, c_out // groups, c_in, -1).permute(3, 0, 1, 2).contiguous()
 
     def size_for(self, length: int) -> int:
         """The transform size for inputs of `length` samples: a kept size at most twice what they need (a clip's
@@ -154,13 +162,15 @@ def strided_frames(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     return x.as_strided((n, count, kernel * channels), (x.stride(0), stride * channels, 1), x.storage_offset())
 
 
-def conv_matrix(conv: nn.Conv1d) -> torch.Tensor:
-    """An unpadded, ungrouped Conv1d's weight (C_out, C_in, K) as the (C_out, K C_in) matrix that multiplies
-    strided_frames(x, K, stride): conv(x^T)^T = linear(strided_frames(x), conv_matrix(conv), conv.bias)."""
-    if conv.groups != 1 or conv.padding != (0,) or conv.dilation != (1,):
-        raise ValueError("conv_matrix needs an unpadded, ungrouped, undilated convolution")
-    weight = conv.weight.detach()
+def conv_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """An unpadded, ungrouped, undilated Conv1d's weight (C_out, C_in, K) as the (C_out, K C_in) matrix that
+    multiplies strided_frames(x, K, stride): conv(x^T)^T = linear(strided_frames(x), conv_matrix(weight), bias)."""
+    weight = weight.detach()
     return weight.permute(0, 2, 1).reshape(weight.shape[0], -1)
+
+
+def conv_matrices(*weights: torch.Tensor) -> List[torch.Tensor]:
+    return [conv_matrix(w) for w in weights]
 
 
 def group_norm_folded(conv: nn.Conv1d, norm: nn.GroupNorm, x: torch.Tensor,

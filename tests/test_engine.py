@@ -86,6 +86,40 @@ def test_a_model_loaded_under_inference_mode_is_the_same_model(name):
     assert torch.equal(scene, get_scene_embeddings(audio, model(name)))
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_loaded_model_follows_changes_of_its_weights(name):
+    """The CPU layouts load_model prepares are caches of the weights: after load_state_dict (or any in-place
+    change) a model that has run embeds with its new weights, as the float64 model (where no layout applies)."""
+    audio = clips(1, 1.3)
+    m = model(name)
+    before = native_frames(m, audio)  # every layout made
+    g = torch.Generator().manual_seed(1)
+    changed = {k: v + 0.1 * v.std().nan_to_num() * torch.randn(v.shape, generator=g) if v.is_floating_point() and
+               v.numel() > 1 else v for k, v in m.state_dict().items()}
+    m.load_state_dict(changed)
+    exact = model(name).to(torch.float64)
+    exact.load_state_dict(changed)
+    after, expected = native_frames(m, audio), native_frames(exact, audio.double())
+    torch.testing.assert_close(after, expected.float(), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(after, before, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_gradients_reach_a_loaded_models_weights(name):
+    """Fine-tuning a loaded model: with gradients recorded the encoder runs the operations autograd knows (the CPU
+    layouts are for inference), and every weight's gradient is the float64 model's (where no layout applies)."""
+    audio = clips(1, 1.3)
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        m = model(name).to(dtype)
+        m.frame_embeddings(m.normalised_features(audio.to(dtype))).square().mean().backward()
+        grads[dtype] = {k: p.grad for k, p in m.named_parameters() if p.grad is not None}
+    assert grads[torch.float32].keys() == grads[torch.float64].keys()
+    assert any(".weight" in k for k in grads[torch.float32])
+    for k, grad in grads[torch.float32].items():
+        torch.testing.assert_close(grad, grads[torch.float64][k].float(), rtol=1e-3, atol=1e-6, msg=k)
+
+
 BAD_AUDIO = [
     (torch.zeros(16000), ValueError, "unsqueeze"),
     (torch.zeros(1, 2, 16000), ValueError, "3-D"),

@@ -33,7 +33,9 @@ def test_packed_linear_equals_the_separate_operations(dtype, tol):
         torch.testing.assert_close(c.float(), b.float(), rtol=tol, atol=tol)
 
 
-def test_packing_a_block_fuses_msm_mae_query_value_biases():
+def test_packing_a_block_changes_nothing_in_it():
+    """pack() only lets the block keep oneDNN layouts: the same parameters, state dict and outputs (MSM-MAE's
+    query/value biases stay two parameters, the zero key bias between them made at each call)."""
     torch.manual_seed(0)
     block = Block(64, 4, 4.0, qkv_bias="qv").eval()
     with torch.no_grad():
@@ -41,9 +43,60 @@ def test_packing_a_block_fuses_msm_mae_query_value_biases():
             p.normal_(0, 0.2)
         x = torch.randn(2, 9, 64)
         expected = block(x)
+        state = {k: v.clone() for k, v in block.state_dict().items()}
         pack(block)
-        assert block.attn.qkv.bias is not None and not block.attn.qkv.bias.requires_grad
         torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+    assert block.attn.qkv.packed.value is not None  # the call went through oneDNN's product
+    assert block.state_dict().keys() == state.keys() and block.attn.qkv.bias is None
+    assert all(torch.equal(block.state_dict()[k], v) for k, v in state.items())
+
+
+def test_a_packed_layout_follows_its_weight():
+    """Remade after every change of the weight: in place, load_state_dict, .to(); not used where it would not
+    compute the same (float64, gradients recorded)."""
+    torch.manual_seed(0)
+    layer, x = Linear(32, 48), torch.randn(5, 32)
+    layer.pack()
+
+    def check(x, **kwargs):
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x, **kwargs), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+    check(x)
+    first = layer.packed.value
+    check(x)
+    assert layer.packed.value is first  # unchanged weight: the same layout
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # in place
+    check(x)
+    layer.load_state_dict({"weight": torch.randn(48, 32), "bias": torch.randn(48)})
+    check(x)
+    layer.to(torch.float64)  # oneDNN does not multiply float64: F.linear
+    check(x.double())
+    layer.to(torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x.bfloat16()).float(), F.linear(x, layer.weight.float(), layer.bias.float()),
+                                   rtol=3e-2, atol=3e-2)
+    layer.float()
+    out = layer(x, activation="gelu")  # gradients recorded: the separate operations, whose backward exists
+    out.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_gradients_reach_every_weight_of_a_packed_block():
+    torch.manual_seed(0)
+    block = Block(64, 4, 4.0, qkv_bias="qv")
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.2)
+    unpacked = copy.deepcopy(block)
+    pack(block)
+    x = torch.randn(2, 9, 64)
+    for b in (block, unpacked):
+        b(x).square().sum().backward()
+    for (name, p), q in zip(block.named_parameters(), unpacked.parameters()):
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
 def qkv(n, heads, tokens, d, dtype, seed=0):
@@ -163,6 +216,11 @@ def test_weight_spectra_are_kept_for_the_sizes_used_last_and_remade_when_the_wei
     weight.mul_(2)  # the same tensor, changed in place
     torch.testing.assert_close(spectra.get(weight, 2, 16), 2 * first)
     assert len(spectra.cache) == 1
+    with torch.inference_mode():
+        frozen = weight.clone()  # an inference tensor: no version counter to key on
+        kept = spectra.get(frozen, 2, 16)
+        frozen.mul_(2)
+        torch.testing.assert_close(spectra.get(frozen, 2, 16), 2 * kept)  # made afresh, never stale
 
 
 def test_fft_sizes_are_the_smallest_smooth_numbers():
@@ -228,19 +286,17 @@ def test_a_convolution_of_one_channel_is_a_product_with_the_frames(kernel, strid
 
 @pytest.mark.parametrize("kernel, stride", [(3, 2), (2, 2), (4, 1), (1, 3)])
 def test_a_convolution_of_channels_last_frames_is_a_matrix_product(kernel, stride):
-    """conv(x) = strided_frames(x) times conv_matrix(conv): frames that overlap, tile, or skip input frames, and
+    """conv(x) = strided_frames(x) times conv_matrix(conv.weight): frames that overlap, tile, or skip input frames, and
     an input that is a slice of a larger tensor (an offset into its storage)."""
     conv = torch.nn.Conv1d(6, 5, kernel, stride=stride).double()
     x = torch.randn(3, 23, 6, dtype=torch.float64)[:, 2:]  # (n, T, C), (T, C) contiguous, offset
     with torch.no_grad():
-        out = F.linear(strided_frames(x, kernel, stride), conv_matrix(conv), conv.bias)
+        out = F.linear(strided_frames(x, kernel, stride), conv_matrix(conv.weight), conv.bias)
         torch.testing.assert_close(out, conv(x.transpose(1, 2)).transpose(1, 2), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="contiguous"):
         strided_frames(x.transpose(1, 2), kernel, stride)
     with pytest.raises(ValueError, match="shorter than the kernel"):
         strided_frames(x[:, :kernel - 1], kernel, stride)
-    with pytest.raises(ValueError, match="unpadded"):
-        conv_matrix(torch.nn.Conv1d(6, 5, kernel, padding=1))
 
 
 @pytest.mark.parametrize("affine", [True, False])

@@ -121,17 +121,19 @@ def relative_buckets(length: int, num_buckets: int, max_distance: int, device: t
     """(length, length) bucket of each (query i, key j) token pair, from j - i, as the reference.
 
     Computed on the CPU in float32 like the reference (a truncated log: another device's log could move
-    a boundary), then moved to `device`. Read-only: the cached tensor is shared.
+    a boundary), then moved to `device`. Read-only: the cached tensor is shared, by inference and by
+    training (an ordinary tensor, even when first made under torch.inference_mode()).
     """
     half = num_buckets // 2  # per direction; keys after the query use the upper half
     exact = half // 2  # distances below this have a bucket each
-    position = torch.arange(length)
-    relative = position[None, :] - position[:, None]  # (L, L): key - query
-    distance = relative.abs()
-    log_ratio = torch.log(distance.clamp(min=exact).float() / exact) / math.log(max_distance / exact)
-    far = (exact + (log_ratio * (half - exact)).to(torch.long)).clamp(max=half - 1)
-    bucket = torch.where(distance < exact, distance, far) + (relative > 0).to(torch.long) * half
-    return bucket.to(device)
+    with torch.inference_mode(False):
+        position = torch.arange(length)
+        relative = position[None, :] - position[:, None]  # (L, L): key - query
+        distance = relative.abs()
+        log_ratio = torch.log(distance.clamp(min=exact).float() / exact) / math.log(max_distance / exact)
+        far = (exact + (log_ratio * (half - exact)).to(torch.long)).clamp(max=half - 1)
+        bucket = torch.where(distance < exact, distance, far) + (relative > 0).to(torch.long) * half
+        return bucket.to(device)
 
 
 class GatedRelativeAttention(nn.Module):

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..attention import attention
@@ -138,21 +137,11 @@ class Attention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = Linear(dim, dim)
 
-    def pack(self) -> None:
-        """For CPU inference: MSM-MAE's query/value biases become one fixed qkv bias, and qkv is packed."""
-        if self.qkv.bias is None and self.q_bias is not None:
-            bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias]).detach()
-            self.qkv.bias = nn.Parameter(bias, requires_grad=False)
-        self.qkv.pack()
-
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(n, tokens, dim) -> (n, tokens, dim), plus `residual` if given."""
         n, tokens, dim = x.shape
-        if self.qkv.bias is None and self.q_bias is not None:
-            bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-            qkv = F.linear(x, self.qkv.weight, bias)
-        else:
-            qkv = self.qkv(x)  # (n, tokens, 3 * dim)
+        bias = None if self.q_bias is None else torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+        qkv = self.qkv(x, bias=bias)  # (n, tokens, 3 * dim)
         q, k, v = qkv.view(n, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
         x = attention(q, k, v)  # (n, heads, tokens, head_dim)
         return self.proj(x.transpose(1, 2).reshape(n, tokens, dim), residual=residual)

@@ -38,9 +38,9 @@ from torchaudio.models import wav2vec2_model, wavlm_model
 from torchaudio.models.wav2vec2.components import EncoderLayer, SelfAttention, Transformer
 
 from ..attention import attention, gated_bias
-from ..conv import SpectralWeights, conv_matrix, frames_product, group_norm_folded, long_conv1d, strided_frames
+from ..conv import SpectralWeights, conv_matrices, frames_product, group_norm_folded, long_conv1d, strided_frames
 from ..grid import TokenGrid, resolve_layers
-from ..linear import Linear, linear, packed_weight
+from ..linear import Linear, WeightCache, linear, packed_weight
 
 RELEASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # every release's feature encoder
 CONV_SAMPLES = 1 << 18  # samples per feature-encoder call (16 s at 16 kHz): its activations are 512 x samples / 5
@@ -122,7 +122,7 @@ class Wav2Vec2Encoder(nn.Module):
     """
     num_prefix_tokens = 0
     pool = None  # no clip-level output
-    conv_products: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None  # pack(): the convs after the first
+    conv_products: Optional[List[WeightCache]] = None  # pack(): oneDNN layouts of the convs after the first
 
     def __init__(self, config: Wav2Vec2Config):
         super().__init__()
@@ -153,6 +153,7 @@ class Wav2Vec2Encoder(nn.Module):
                     setattr(layer.feed_forward, name, as_linear(getattr(layer.feed_forward, name)))
         self.feature_extractor, self.encoder = model.feature_extractor.to(device), model.encoder.to(device)
         self.pos_conv_spectra = SpectralWeights()
+        self.conv_matrices = WeightCache(conv_matrices)  # the feature encoder's convs after the first
 
     def encode(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
         """x (n, 1, 1, W) -> [(n, frames, D)] for each layer of `layers` (0: the transformer's input, k: block k's
@@ -192,11 +193,10 @@ class Wav2Vec2Encoder(nn.Module):
         return torch.cat([convolve(layers, x[:, None]).transpose(1, 2) for x in waves.split(per_call)])
 
     def pack(self) -> None:
-        """For CPU inference: the feature encoder's convolutions after the first as (C_out, K C_in) matrices laid
-        out for oneDNN (windowed_features; like every packed weight, a copy that does not follow later changes)."""
+        """For CPU inference: the feature encoder's convolutions after the first, as (C_out, K C_in) matrices,
+        laid out for oneDNN (windowed_features; caches remade when the weights change, as every packed weight)."""
         if self.conv_products is None:
-            matrices = [conv_matrix(layer.conv) for layer in self.feature_extractor.conv_layers[1:]]
-            self.conv_products = [(m, packed_weight(m)) for m in matrices]
+            self.conv_products = [WeightCache(packed_weight) for _ in self.feature_extractor.conv_layers[1:]]
 
     def windowed_features(self, waves: torch.Tensor) -> torch.Tensor:
         """The feature encoder (CPU, inference) over windows of FEATURE_WINDOW frames, WINDOWS_PER_CALL at a time,
@@ -214,7 +214,8 @@ class Wav2Vec2Encoder(nn.Module):
         c = self.config
         layers = self.feature_extractor.conv_layers
         first, norm = layers[0].conv, layers[0].layer_norm
-        products = self.conv_products or [(conv_matrix(layer.conv), None) for layer in layers[1:]]
+        matrices = self.conv_matrices.get(*(layer.conv.weight for layer in layers[1:]))  # (C_out, K C_in) each
+        packs = self.conv_products or [None] * len(matrices)
         n, samples = waves.shape
         frames = (samples - c.receptive_field) // c.hop + 1
         if isinstance(norm, nn.GroupNorm):  # per input (n, C, K), (n, C)
@@ -237,7 +238,7 @@ class Wav2Vec2Encoder(nn.Module):
                 if norm is not None and not isinstance(norm, nn.GroupNorm):
                     x = layer_norm(norm, x)
                 x = torch.ops.aten.gelu_(x)
-                for layer, (matrix, packed) in zip(layers[1:], products):
+                for layer, matrix, packed in zip(layers[1:], matrices, packs):
                     x = strided_frames(x, layer.conv.kernel_size[0], layer.conv.stride[0]).contiguous()
                     if layer.layer_norm is None:  # (w, frames, C)
                         x = linear(x, matrix, layer.conv.bias, packed, activation="gelu")
@@ -344,7 +345,7 @@ class Projections(nn.Module):
     """WavLM's nn.MultiheadAttention as its forward pass here uses it, under the same names: in_proj_weight and
     in_proj_bias (q, k and v stacked) as one packable product, and out_proj."""
 
-    packed: Optional[torch.Tensor] = None
+    packed: Optional[WeightCache] = None  # pack(): oneDNN's layout of in_proj_weight
 
     def __init__(self, attention: nn.MultiheadAttention):
         super().__init__()
@@ -353,7 +354,7 @@ class Projections(nn.Module):
 
     def pack(self) -> None:
         if self.packed is None:
-            self.packed = packed_weight(self.in_proj_weight)
+            self.packed = WeightCache(packed_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (n, T, D) -> q, k, v side by side (n, T, 3D)."""
