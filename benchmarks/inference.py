@@ -5,6 +5,7 @@ matrix-multiply roofline.
     python benchmarks/inference.py --families msm_mae --skip-memory   # MSM-MAE only, no fresh processes
     python benchmarks/inference.py --quick                            # one round, 4-minute memory clips
     python benchmarks/inference.py --families msm_mae --ablation --compile   # what the CPU paths are worth
+    python benchmarks/inference.py --families beats wavlm --bounds --skip-memory   # what is left to gain where
     PYTHONPATH=../old-tree python benchmarks/inference.py --families msm_mae   # an older version (before/after)
 
 Weights are random, at ViT-Base size (768 wide, 12 blocks, 12 heads, MLP 3072), written by this script in
@@ -80,10 +81,14 @@ once, so a change in the machine's load hits them alike):
                   per input shape, with and without torch._inductor.config.freezing, on the packed encoder
                   and on the same encoder unpacked: the first call, graph breaks, and the steady throughput
                   against the default path. A data point; the package does not compile.
+  bounds          (--bounds) the scene call with one kind of work left out (LEFT_OUT: the linears' GELU,
+                  BEATs' and WavLM's gated relative bias, attention), in the same rounds: wrong embeddings,
+                  timed only, for what a faster kernel for that work could give at most.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -107,8 +112,8 @@ import torchaudio
 from torch import nn
 from torchaudio.models.wav2vec2.components import FeatureProjection
 
-from hear_msm_mae import attention as kernels, conv
-from hear_msm_mae.encoders import wav2vec2 as wav2vec2_encoder
+from hear_msm_mae import attention as kernels, conv, linear as linear_layers
+from hear_msm_mae.encoders import beats as beats_encoder, vit as vit_encoder, wav2vec2 as wav2vec2_encoder
 from hear_msm_mae.frontend import LogMelSpectrogram
 from hear_msm_mae.precision import resolve_dtype
 from hear_msm_mae.pretrain.mae import MaskedAutoencoder
@@ -775,6 +780,7 @@ class FamilyResult:
     others: float  # other processes' share of the CPUs during the timing rounds
     memory: Dict[Tuple[str, int], dict]  # (kind, minutes) -> peak_rss
     switched: Dict[str, Job]  # --ablation: the scene job with one CPU path switched off (SWITCHES), by title
+    bounds: Dict[str, Job]  # --bounds: the scene job with one kind of work left out (LEFT_OUT), by what
 
 
 def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
@@ -795,6 +801,10 @@ def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
     for module, flag, _, title in switches:
         jobs[title] = Job(lambda module=module, flag=flag: switched_off(module, flag, hear, audio10, fast), seconds10,
                           fast.encoder)
+    bounds = [what for what, families in LEFT_OUT.items() if families is None or bench.name in families] \
+        if args.bounds else []
+    for what in bounds:
+        jobs["without " + what] = Job(lambda what=what: without(what, hear, audio10, fast), seconds10, fast.encoder)
     if bench.name == "msm_mae":
         reference_model = MaskedAutoencoder().eval()
         reference_model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
@@ -835,7 +845,8 @@ def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
             for m in minutes:
                 memory[kind, m] = peak_rss(bench.module, checkpoint, m * 60, kind, args.threads)
     return FamilyResult(bench, gemms["bf16"], jobs["scene"], jobs["1-s clips"], one_second_clips, cosines, shares,
-                        others, memory, {title: jobs[title] for *_, title in switches})
+                        others, memory, {title: jobs[title] for *_, title in switches},
+                        {what: jobs["without " + what] for what in bounds})
 
 
 WAVEFORM = ("wavlm", "hubert", "wav2vec2")
@@ -854,6 +865,32 @@ def switched_off(module, flag: str, hear, audio: torch.Tensor, model) -> torch.T
         return hear.get_scene_embeddings(audio, model)
     finally:
         setattr(module, flag, True)
+
+
+LEFT_OUT = {  # --bounds: work left out of the scene call -> families (None: all)
+    "the linears' GELU": None,  # every packed product's activation, blocks and feature encoder
+    "the gated relative bias": ("beats", "wavlm"),  # neither made nor added to the scores
+    "attention": None,  # each attention returns its queries
+}
+
+
+def without(what: str, hear, audio: torch.Tensor, model) -> torch.Tensor:
+    """Scene embeddings with one kind of work (LEFT_OUT) skipped: wrong embeddings, timed only, as the bound of
+    what a faster kernel for that work could give."""
+    with contextlib.ExitStack() as stack:
+        def patch(modules, name, new):
+            for module in modules:
+                stack.enter_context(mock.patch.object(module, name, new))
+        if what == "the linears' GELU":
+            plain = linear_layers.linear
+            patch((linear_layers, wav2vec2_encoder), "linear",
+                  lambda x, w, b, packed=None, activation=None, residual=None: plain(x, w, b, packed, None, residual))
+        elif what == "the gated relative bias":
+            patch((beats_encoder, wav2vec2_encoder), "gated_bias", lambda logits, scale, table, out=None: table)
+            patch((beats_encoder, wav2vec2_encoder), "attention", lambda q, k, v, bias=None: kernels.attention(q, k, v))
+        else:
+            patch((vit_encoder, beats_encoder, wav2vec2_encoder), "attention", lambda q, k, v, bias=None: q)
+        return hear.get_scene_embeddings(audio, model)
 
 
 def print_msm_mae_table(jobs: Dict[str, Job], gemms: Dict[str, Gemm], one_second_clips: int) -> None:
@@ -894,6 +931,13 @@ def print_summary(results: List[FamilyResult]) -> None:
             for title, job in r.switched.items():
                 print(f"| {r.bench.title} | {title} | {r.scene.rate:.1f}, {r.scene.gflops / r.gemm.peak:.0%} | "
                       f"{job.rate:.1f}, {job.gflops / r.gemm.peak:.0%} | {r.scene.rate / job.rate:.2f}x |")
+    if any(r.bounds for r in results):
+        print("\n| scene, 10-s clips | left out (wrong embeddings: a bound) | default: audio s / wall s, roofline | "
+              "without it | what it costs: without / default |\n|---|---|---|---|---|")
+        for r in results:
+            for what, job in r.bounds.items():
+                print(f"| {r.bench.title} | {what} | {r.scene.rate:.1f}, {r.scene.gflops / r.gemm.peak:.0%} | "
+                      f"{job.rate:.1f}, {job.gflops / r.gemm.peak:.0%} | {job.rate / r.scene.rate:.3f}x |")
     if any(r.memory for r in results):
         print("\n| one clip, fresh process | model loaded (MB) | peak RSS (MB) | wall (s) | audio s / wall s |\n"
               "|---|---|---|---|---|")
@@ -1009,6 +1053,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one timing round, 4-minute memory clips")
     parser.add_argument("--ablation", action="store_true", help="add MSM-MAE with packing / short attention off")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile data point (MSM-MAE)")
+    parser.add_argument("--bounds", action="store_true", help="time the scene call without its GELU, gated "
+                        "bias or attention: what faster kernels for them could give at most")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.memory_minutes = 1, 4
