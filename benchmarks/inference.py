@@ -909,6 +909,20 @@ def print_msm_mae_table(jobs: Dict[str, Job], gemms: Dict[str, Gemm], one_second
           f"1-s / 10-s cost per audio second: {jobs['scene'].rate / jobs['1-s clips'].rate:.2f} (target <= 1.2)")
 
 
+def print_variants(results: List[FamilyResult], field: str, what: str, ratio: str) -> None:
+    """The scene jobs of `field` ("switched": a CPU path off; "bounds": work left out) beside the default, with
+    the faster one's rate over the other's (the default's, for a path switched off)."""
+    rows = [(r, title, job) for r in results for title, job in getattr(r, field).items()]
+    if not rows:
+        return
+    print(f"\n| scene, 10-s clips | {what} | default: audio s / wall s, roofline | {what.split(' (')[0]} | {ratio} |"
+          "\n|---|---|---|---|---|")
+    for r, title, job in rows:
+        faster = r.scene.rate / job.rate if field == "switched" else job.rate / r.scene.rate
+        print(f"| {r.bench.title} | {title} | {r.scene.rate:.1f}, {r.scene.gflops / r.gemm.peak:.0%} | "
+              f"{job.rate:.1f}, {job.gflops / r.gemm.peak:.0%} | {faster:.3f}x |")
+
+
 def print_summary(results: List[FamilyResult]) -> None:
     print("\n| family | GFLOP / audio s | audio s / wall s | achieved GFLOP/s | bf16 peak (tokens) | roofline | "
           "ceiling (audio s / s) | 1-s / 10-s | cosine scene / frames | others' CPU |\n"
@@ -924,20 +938,8 @@ def print_summary(results: List[FamilyResult]) -> None:
           + "---|" * (len(PROFILE_GROUPS) + 1))
     for r in results:
         print(f"| {r.bench.title} | " + " | ".join(f"{v:.1%}" for v in r.shares.values()) + " |")
-    if any(r.switched for r in results):
-        print("\n| scene, 10-s clips | switched off | default: audio s / wall s, roofline | switched off | "
-              "default / switched off |\n|---|---|---|---|---|")
-        for r in results:
-            for title, job in r.switched.items():
-                print(f"| {r.bench.title} | {title} | {r.scene.rate:.1f}, {r.scene.gflops / r.gemm.peak:.0%} | "
-                      f"{job.rate:.1f}, {job.gflops / r.gemm.peak:.0%} | {r.scene.rate / job.rate:.2f}x |")
-    if any(r.bounds for r in results):
-        print("\n| scene, 10-s clips | left out (wrong embeddings: a bound) | default: audio s / wall s, roofline | "
-              "without it | what it costs: without / default |\n|---|---|---|---|---|")
-        for r in results:
-            for what, job in r.bounds.items():
-                print(f"| {r.bench.title} | {what} | {r.scene.rate:.1f}, {r.scene.gflops / r.gemm.peak:.0%} | "
-                      f"{job.rate:.1f}, {job.gflops / r.gemm.peak:.0%} | {job.rate / r.scene.rate:.3f}x |")
+    print_variants(results, "switched", "switched off", "default / switched off")
+    print_variants(results, "bounds", "left out (wrong embeddings: a bound)", "what it costs: without / default")
     if any(r.memory for r in results):
         print("\n| one clip, fresh process | model loaded (MB) | peak RSS (MB) | wall (s) | audio s / wall s |\n"
               "|---|---|---|---|---|")
