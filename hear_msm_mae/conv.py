@@ -170,6 +170,7 @@ def conv_matrix(weight: torch.Tensor) -> torch.Tensor:
 
 
 def conv_matrices(*weights: torch.Tensor) -> List[torch.Tensor]:
+    """conv_matrix of each weight."""
     return [conv_matrix(w) for w in weights]
 
 

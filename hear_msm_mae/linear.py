@@ -45,6 +45,10 @@ class WeightCache(Generic[T]):
         self.state: Optional[Tuple] = None
         self.value: Optional[T] = None
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles start empty (oneDNN's layouts cannot be copied; they are remade when used)."""
+        return {"make": self.make, "state": None, "value": None}
+
     def get(self, *weights: torch.Tensor) -> T:
         state = weights_state(weights)
         if state is None:

@@ -6,6 +6,7 @@ prefix tokens; BEATs: no position table, 1008-frame units; WavLM, HuBERT, wav2ve
 a frame per sample), a 400-sample column every 320 samples, 20-s units. Rules that do not depend on the grid run on
 every official layout (FAMILY_CHECKPOINTS), the others on one layout per family (FAMILIES).
 """
+import copy
 import math
 
 import numpy as np
@@ -102,6 +103,16 @@ def test_a_loaded_model_follows_changes_of_its_weights(name):
     after, expected = native_frames(m, audio), native_frames(exact, audio.double())
     torch.testing.assert_close(after, expected.float(), rtol=1e-4, atol=1e-4)
     assert not torch.allclose(after, before, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_model_that_has_run_can_be_copied(name):
+    """copy.deepcopy of a model whose CPU layouts are made (oneDNN's opaque tensors, which cannot be copied):
+    the copy remakes them, and embeds as the original."""
+    audio = clips(1, 1.3)
+    m = model(name, dtype="bfloat16")
+    expected = get_scene_embeddings(audio, m)
+    assert torch.equal(get_scene_embeddings(audio, copy.deepcopy(m)), expected)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
