@@ -66,17 +66,17 @@ once, so a change in the machine's load hits them alike):
   peak RSS        VmHWM of a fresh process that loads the model and embeds one clip of 20 minutes (MSM-MAE:
                   also 5 minutes, to show it is flat), scene and timestamp embeddings.
   profile         one default scene call under torch.profiler: each op's self time, grouped into matmul
-                  (addmm, mm, oneDNN linear), attention (SDPA, bmm, softmax, oneDNN Graph's fused
-                  partitions), conv (patch projections,
+                  (addmm, mm, oneDNN linear), attention (the C kernel, SDPA, bmm, softmax, oneDNN Graph's
+                  fused partitions), conv (patch projections,
                   BEATs' positions), norms, copies (copy_, clone, cat, padding) and other.
-  ablation        (--ablation, current trees only) every family's scene embeddings with oneDNN Graph's fused
-                  attention switched off (SDPA instead, hear_msm_mae.attention.FUSED_CPU_ATTENTION); BEATs'
+  ablation        (--ablation, current trees only) every family's scene embeddings with the C attention
+                  kernel switched off (the torch paths instead, hear_msm_mae.attention.NATIVE_CPU_ATTENTION); BEATs'
                   and the waveform families' also with their position convolution direct instead of by FFT,
                   the waveform families' with their feature encoder by torchaudio's modules over whole
                   inputs instead of window by window, and their residual stream in bfloat16 instead of
                   float32 (the flags: SWITCHES), each in the same rounds; and
-                  MSM-MAE's with the encoder's oneDNN-packed linears and/or its
-                  batched-product attention for short sequences switched off.
+                  MSM-MAE's with the encoder's oneDNN-packed linears switched off and each attention
+                  strategy (C kernel, oneDNN Graph, batched products, SDPA).
   compile         (--compile) torch.compile (inductor) of the loaded encoder's `encode`, one static graph
                   per input shape, with and without torch._inductor.config.freezing, on the packed encoder
                   and on the same encoder unpacked: the first call, graph breaks, and the steady throughput
@@ -714,7 +714,8 @@ def reference_scene_embeddings(encoder: MaskedAutoencoder, frontend: nn.Module, 
 
 PROFILE_GROUPS = [  # (group, substrings of op names); the first group that matches takes the op
     ("matmul", ("addmm", "aten::mm", "linear", "aten::matmul")),
-    ("attention", ("scaled_dot_product", "flash_attention", "softmax", "aten::bmm", "aten::baddbmm", "LlgaPartition")),
+    ("attention", ("scaled_dot_product", "flash_attention", "softmax", "aten::bmm", "aten::baddbmm", "LlgaPartition",
+                   "hear_msm_mae::attention")),
     ("conv", ("conv",)),
     ("norms", ("layer_norm",)),
     ("copies", ("copy", "clone", "contiguous", "aten::cat", "pad", "aten::stack")),
@@ -851,7 +852,7 @@ def benchmark_family(bench: Bench, folder: Path, args) -> FamilyResult:
 
 WAVEFORM = ("wavlm", "hubert", "wav2vec2")
 SWITCHES = [  # (module, flag, families (None: all), title): the ablation's CPU paths
-    (kernels, "FUSED_CPU_ATTENTION", None, "fused attention off (SDPA)"),
+    (kernels, "NATIVE_CPU_ATTENTION", None, "C attention kernel off (the products, oneDNN Graph)"),
     (conv, "FFT_CONVOLUTION", ("beats",) + WAVEFORM, "position convolution direct instead of by FFT"),
     (wav2vec2_encoder, "WINDOWED_FEATURES", WAVEFORM, "feature encoder by the modules over whole inputs, not windowed"),
     (wav2vec2_encoder, "FLOAT32_STREAM", WAVEFORM, "residual stream in bfloat16, adds inside the products"),
@@ -886,10 +887,10 @@ def without(what: str, hear, audio: torch.Tensor, model) -> torch.Tensor:
             patch((linear_layers, wav2vec2_encoder), "linear",
                   lambda x, w, b, packed=None, activation=None, residual=None: plain(x, w, b, packed, None, residual))
         elif what == "the gated relative bias":
-            patch((beats_encoder, wav2vec2_encoder), "gated_bias", lambda logits, scale, table, out=None: table)
-            patch((beats_encoder, wav2vec2_encoder), "attention", lambda q, k, v, bias=None: kernels.attention(q, k, v))
+            patch((beats_encoder, wav2vec2_encoder), "attention",
+                  lambda q, k, v, bias=None, gate=None, buffer=None: kernels.attention(q, k, v))
         else:
-            patch((vit_encoder, beats_encoder, wav2vec2_encoder), "attention", lambda q, k, v, bias=None: q)
+            patch((vit_encoder, beats_encoder, wav2vec2_encoder), "attention", lambda q, k, v, *bias, **gate: q)
         return hear.get_scene_embeddings(audio, model)
 
 
@@ -963,24 +964,28 @@ def ablation(folder: Path, args) -> None:
     """MSM-MAE default scene embeddings with the current encoder's CPU paths switched, interleaved rounds:
     packed linears (fused bias, GELU, residual add) or F.linear and separate operations; attention by oneDNN
     Graph's fused kernel at every length, by two batched products up to SHORT_ATTENTION_TOKENS and SDPA
-    beyond, or by SDPA at every length (hear_msm_mae.attention's FUSED_CPU_ATTENTION, SHORT_ATTENTION_TOKENS)."""
+    beyond, or by SDPA at every length, or by the C kernel (hear_msm_mae.attention's NATIVE_CPU_ATTENTION,
+    FUSED_CPU_ATTENTION, SHORT_ATTENTION_TOKENS)."""
     import hear_msm_mae
 
     checkpoint = write_msm_mae(folder)
     audio = 0.1 * torch.randn(args.clips, 10 * SR)
     packed = hear_msm_mae.load_model(checkpoint, device="cpu")
     unpacked = unpack(hear_msm_mae.load_model(checkpoint, device="cpu"))
-    default = (kernels.FUSED_CPU_ATTENTION, kernels.SHORT_ATTENTION_TOKENS)
-    strategies = {"oneDNN Graph fused attention": (True, 0), "batched products, then SDPA": (False, 128),
-                  "SDPA at every length": (False, 0)}
+    flags = ("NATIVE_CPU_ATTENTION", "FUSED_CPU_ATTENTION", "SHORT_ATTENTION_TOKENS")
+    default = tuple(getattr(kernels, f) for f in flags)
+    strategies = {"C attention kernel": (True, True, 128), "oneDNN Graph fused attention": (False, True, 0),
+                  "batched products, then SDPA": (False, False, 128), "SDPA at every length": (False, False, 0)}
 
     def job(model, strategy):
         def run():
-            kernels.FUSED_CPU_ATTENTION, kernels.SHORT_ATTENTION_TOKENS = strategies[strategy]
+            for flag, value in zip(flags, strategies[strategy]):
+                setattr(kernels, flag, value)
             try:
                 return hear_msm_mae.get_scene_embeddings(audio, model)
             finally:
-                kernels.FUSED_CPU_ATTENTION, kernels.SHORT_ATTENTION_TOKENS = default
+                for flag, value in zip(flags, default):
+                    setattr(kernels, flag, value)
         return Job(run, audio.numel() / SR, model.encoder)
 
     jobs = {(linears, strategy): job(model, strategy) for linears, model in
@@ -991,8 +996,8 @@ def ablation(folder: Path, args) -> None:
     print(f"\n| MSM-MAE 80x208, {args.clips} x 10-s clips, scene | audio s / wall s | vs neither |\n|---|---|---|")
     for (linears, strategy), j in jobs.items():
         print(f"| {linears}, {strategy} | {j.rate:.1f} | {j.rate / base:.2f}x |")
-    print(f"(the package's default: fused={default[0]}, short sequences up to {default[1]} tokens as products; other "
-          f"processes used {others:.0%} of the CPUs during the timing rounds)")
+    print(f"(the package's default: C kernel={default[0]}, fused={default[1]}, short sequences up to {default[2]} tokens "
+          f"as products; other processes used {others:.0%} of the CPUs during the timing rounds)")
 
 
 def compile_data_point(folder: Path, args) -> None:

@@ -1,26 +1,30 @@
 """Scaled dot-product attention for every encoder here: one function, the fastest kernel per case.
 
-    attention(q, k, v, bias=None) = softmax(q k^T / sqrt(d) + bias) v
-    q, k, v: (n, heads, L, d); bias: (n, heads, L, L) or None; out: (n, heads, L, d)
+    attention(q, k, v, bias=None, gate=None) = softmax(q k^T / sqrt(d) + gate * bias) v
+    q, k, v: (n, heads, L, d); bias: (n or 1, heads, L, L), (heads, L, L) or None; gate: (n, heads, L, 1) or
+    None (1); out: (n, heads, L, d)
+
+The gate is WavLM's and BEATs' per-query gate on their relative position bias (`relative_gate`): the kernel
+that takes it reads the shared (heads, L, L) table, and the others get gate * bias written whole.
 
 Which kernel runs:
 
-- short sequences on the CPU (L <= SHORT_ATTENTION_TOKENS, no bias): two batched products (the scale
-  applied inside the first) and a softmax in the inputs' dtype (torch's bfloat16 softmax computes in
-  float32 and rounds its output: 1.5x faster than converting the scores to float32 and back, within one
-  bfloat16 rounding of it), as fast as the fused kernel in a whole MSM-MAE call (ViT-Base, 65 tokens)
-  without a compiled graph for each of the many short layouts;
-- longer sequences in bfloat16 on the CPU, no gradients: oneDNN Graph's fused attention, reached through
-  torch.jit's oneDNN fusion (`FusedAttention`): 2-2.4x SDPA's CPU kernel on this project's machine (Zen 4,
-  avx512_bf16, 2 threads: 230-305 against 110-142 GFLOP/s at 191-1214 tokens; with a bias, 197-234 against
-  86-128), which makes Audio-MAE, AST, BEATs and the waveform models 1.05-1.33x faster
+- bfloat16 on a CPU with AVX512-BF16, no gradients: this package's C kernel (kernels/attention.c, built by
+  native.py) at every length, bias and gate included: products of bfloat16 pairs into float32 sums, float32
+  scores and softmax, the softmax's numerators rounded to bfloat16 for the second product; its output laid out
+  as (n, L, heads, d), so the output projection reads it without a copy. On this project's machine (Zen 4,
+  2 threads) 1.4-1.6x the products below at 65 tokens, 1.15-1.2x oneDNN Graph's kernel at 513-1214 tokens
   (benchmarks/README.md);
+- short sequences on other CPUs (L <= SHORT_ATTENTION_TOKENS, no bias): two batched products (the scale
+  applied inside the first) and a softmax in the inputs' dtype (torch's bfloat16 softmax computes in float32
+  and rounds its output), without a compiled graph for each of the many short layouts;
+- longer sequences in bfloat16 there: oneDNN Graph's fused attention through torch.jit's oneDNN fusion
+  (`FusedAttention`), 2-2.4x SDPA's CPU kernel;
 - everything else (GPUs, float32, training): `scaled_dot_product_attention`.
 
-The two CPU paths round the scores q k^T / sqrt(d) to bfloat16 before the softmax, as a bfloat16 product
-does; SDPA keeps them in float32. Against float32 attention this costs a cosine of about 0.99993 per
-attention output (0.99998 for SDPA), and what reaches an embedding is measured by benchmarks/inference.py
-(bf16 vs float32 min cosine). float32 never takes the fused path: it is the exact mode.
+The products' and oneDNN Graph's paths round the scores q k^T / sqrt(d) to bfloat16 before the softmax, as a
+bfloat16 product does; the C kernel and SDPA keep them in float32. What reaches an embedding is measured by
+benchmarks/inference.py (bf16 vs float32 min cosine). float32 never takes these paths: it is the exact mode.
 """
 from __future__ import annotations
 
@@ -28,19 +32,36 @@ import threading
 import warnings
 from typing import Callable, Dict, Optional, Tuple
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 SHORT_ATTENTION_TOKENS = 128  # at most this many tokens: batched products on the CPU
 FUSED_CPU_ATTENTION = True  # oneDNN Graph's fused kernel for long bfloat16 sequences (benchmarks switch it off)
+NATIVE_CPU_ATTENTION = True  # this package's C kernel for bfloat16 (benchmarks switch it off)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v for (n, heads, L, d); `bias` (n, heads, L, L) is added to the scores."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor] = None,
+              gate: Optional[torch.Tensor] = None, buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + gate * bias) v for (n, heads, L, d) (shapes above). `buffer` (n, heads, L, L),
+    if given, receives gate * bias where a kernel needs it whole (one buffer for every block of an encoder: a
+    fresh one per block costs 5x, in page faults)."""
+    if gate is not None and bias is None:
+        raise ValueError("attention: a gate needs a bias to gate")
+    if q.device.type == "cpu" and NATIVE_CPU_ATTENTION and q.dtype == torch.bfloat16 and not torch.is_grad_enabled():
+        out = native_attention(q, k, v, bias, gate)
+        if out is not None:
+            return out
+    n, heads, length, d = q.shape
+    if gate is not None:
+        bias = gate * bias if buffer is None else torch.mul(gate, bias, out=buffer)
+    if bias is not None:
+        bias = bias.expand(n, heads, length, length)
     if q.device.type == "cpu":
-        if bias is None and q.shape[-2] <= SHORT_ATTENTION_TOKENS:
-            n, heads, length, d = q.shape
+        if bias is None and length <= SHORT_ATTENTION_TOKENS:
             q, k, v = (x.reshape(n * heads, length, d) for x in (q, k, v))
             scores = torch.baddbmm(q.new_empty(n * heads, length, length), q, k.transpose(1, 2), beta=0,
                                    alpha=d ** -0.5)  # (n heads, L, L), scaled inside the product
@@ -51,15 +72,39 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
-def gated_bias(logits: torch.Tensor, scale: torch.Tensor, position_bias: torch.Tensor,
-               out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """WavLM's (and BEATs') relative position bias, gated per query by its block: logits (n, heads, L, 8) of the
-    block's per-head gate projection, scale (1, heads, 1, 1), position_bias (heads, L, L) -> (n, heads, L, L),
-    written into `out` if given (one buffer for every block: a fresh one per block costs 5x, in page faults)."""
+def native_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     gate: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """attention() by the C kernel (kernels/attention.c), or None where it does not take these inputs: no
+    kernels on this machine, not all bfloat16, a head size not a multiple of 64, rows of q, k, v or bias not
+    contiguous, odd strides or q, k not 4-byte aligned (the kernel reads them as pairs)."""
+    lib = native.kernels()
+    n, heads, length, d = q.shape
+    inputs = (q, k, v) if bias is None else (q, k, v, bias)
+    if lib is None or d % 64 or any(x.dtype != torch.bfloat16 or x.stride(-1) != 1 for x in inputs) \
+            or any(x.data_ptr() % 4 or any(s % 2 for s in x.stride()[:-1]) for x in (q, k)):
+        return None
+    if bias is not None:
+        bias = bias.expand(n, heads, length, length)
+    if gate is not None:
+        gate = gate.float().expand(n, heads, length, 1)
+    out = q.new_empty(n, length, heads, d).transpose(1, 2)  # (n, heads, L, d), laid out as (n, L, heads, d)
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+               *(bias.stride() if bias is not None else (0,) * 4), *(gate.stride()[:3] if gate is not None else (0,) * 3))
+    with torch.profiler.record_function("hear_msm_mae::attention"):
+        status = lib.hear_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), None if bias is None else bias.data_ptr(),
+                                    None if gate is None else gate.data_ptr(), out.data_ptr(), n, heads, length, d,
+                                    (ctypes.c_int64 * 19)(*strides), d ** -0.5, torch.get_num_threads())
+    if status == 2:
+        raise MemoryError(f"attention kernel: no memory for the packed keys and values of {length} tokens")
+    return out if status == 0 else None
+
+
+def relative_gate(logits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """WavLM's (and BEATs') per-query gate on the relative position bias: logits (n, heads, L, 8) of the block's
+    per-head gate projection, scale (1, heads, 1, 1) -> (n, heads, L, 1)."""
     n, heads, length, _ = logits.shape
     gate_a, gate_b = torch.sigmoid(logits.view(n, heads, length, 2, 4).sum(-1)).chunk(2, dim=-1)  # (n, H, L, 1) each
-    gate = gate_a * (gate_b * scale - 1.0) + 2.0
-    return gate * position_bias if out is None else torch.mul(gate, position_bias, out=out)
+    return gate_a * (gate_b * scale - 1.0) + 2.0
 
 
 def _products(scale: float, with_bias: bool) -> Callable:

@@ -122,9 +122,11 @@ def llga_partitions(run) -> int:
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_long_bfloat16_attention_is_one_fused_onednn_kernel(with_bias):
-    """CPU bf16 inference beyond SHORT_ATTENTION_TOKENS: one oneDNN Graph partition per call, computing what the products compute (scores rounded to bf16, as a bf16 product leaves
+def test_long_bfloat16_attention_is_one_fused_onednn_kernel(with_bias, monkeypatch):
+    """CPU bf16 inference beyond SHORT_ATTENTION_TOKENS where the C kernel does not run: one oneDNN Graph
+    partition per call, computing what the products compute (scores rounded to bf16, as a bf16 product leaves
     them; a float32 softmax), close to float32 attention."""
+    monkeypatch.setattr(kernels, "NATIVE_CPU_ATTENTION", False)
     tokens = 2 * SHORT_ATTENTION_TOKENS + 3
     q, k, v = qkv(2, 4, tokens, 64, torch.bfloat16, seed=1)
     bias = torch.randn(2, 4, tokens, tokens, generator=torch.Generator().manual_seed(2)).bfloat16() if with_bias \

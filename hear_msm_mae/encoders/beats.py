@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import attention, gated_bias
+from ..attention import attention, relative_gate
 from ..conv import SpectralWeights, long_conv1d
 from ..grid import resolve_layers
 from ..linear import Linear
@@ -150,11 +150,11 @@ class GatedRelativeAttention(nn.Module):
     def forward(self, x: torch.Tensor, position_bias: torch.Tensor, residual: torch.Tensor,
                 mask: Optional[torch.Tensor]) -> torch.Tensor:
         """x (n, L, D), position_bias (H, L, L) -> attention output + residual, (n, L, D). `mask` (n, H, L, L), if
-        given, receives this block's gated bias (one buffer for all blocks: a new one per block costs 6x more)."""
+        given, receives this block's gated bias where attention needs it whole (one buffer for all blocks)."""
         n, length, dim = x.shape
         q, k, v = self.qkv(x).view(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        bias = gated_bias(self.grep_linear(q), self.grep_a, position_bias, out=mask)  # (n, H, L, L)
-        x = attention(q, k, v, bias)  # (n, H, L, d)
+        gate = relative_gate(self.grep_linear(q), self.grep_a)  # (n, H, L, 1)
+        x = attention(q, k, v, position_bias, gate, buffer=mask)  # (n, H, L, d)
         return self.out_proj(x.transpose(1, 2).reshape(n, length, dim), residual=residual)
 
 

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from torchaudio.models import wav2vec2_model, wavlm_model
 from torchaudio.models.wav2vec2.components import EncoderLayer, SelfAttention, Transformer
 
-from ..attention import attention, gated_bias
+from ..attention import attention, relative_gate
 from ..conv import SpectralWeights, conv_matrices, frames_product, group_norm_folded, long_conv1d, strided_frames
 from ..grid import TokenGrid, resolve_layers
 from ..linear import Linear, WeightCache, linear, packed_weight
@@ -312,7 +312,7 @@ def self_attention(module: nn.Module, x: torch.Tensor, position_bias: Optional[t
 
     WavLM's bias is made by block 0 from its table and repeated over the batch there; here it is kept once,
     (H, T, T), and broadcast in each block's gate: the same values, without n copies. The gated bias
-    (n, H, T, T) is written into `gated` if given (attention.gated_bias).
+    (n, H, T, T) is written into `gated` if given, where attention needs it whole.
     """
     n, length, dim = x.shape
     heads = module.num_heads
@@ -323,13 +323,13 @@ def self_attention(module: nn.Module, x: torch.Tensor, position_bias: Optional[t
         return module.out_proj(out.transpose(1, 2).reshape(n, length, dim), residual=residual), None
     if position_bias is None:
         position_bias = module.compute_bias(length, length).contiguous()  # (H, T, T)
-    bias = position_bias
+    gate = None
     if module.gru_rel_pos:  # the gate, from this block's input per head
         logits = module.gru_rel_pos_linear(x.view(n, length, heads, -1).transpose(1, 2))  # (n, H, T, 8)
-        bias = gated_bias(logits, module.gru_rel_pos_const, position_bias, out=gated)  # (n, H, T, T)
+        gate = relative_gate(logits, module.gru_rel_pos_const)  # (n, H, T, 1)
     projected = module.attention(x)  # (n, T, 3D)
     q, k, v = projected.view(n, length, 3, heads, -1).permute(2, 0, 3, 1, 4)  # (n, H, T, d) each
-    out = attention(q, k, v, bias.expand(n, heads, length, length))
+    out = attention(q, k, v, position_bias, gate, buffer=gated)
     return module.attention.out_proj(out.transpose(1, 2).reshape(n, length, dim), residual=residual), position_bias
 
 
