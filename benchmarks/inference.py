@@ -996,8 +996,8 @@ def ablation(folder: Path, args) -> None:
     print(f"\n| MSM-MAE 80x208, {args.clips} x 10-s clips, scene | audio s / wall s | vs neither |\n|---|---|---|")
     for (linears, strategy), j in jobs.items():
         print(f"| {linears}, {strategy} | {j.rate:.1f} | {j.rate / base:.2f}x |")
-    print(f"(the package's default: C kernel={default[0]}, fused={default[1]}, short sequences up to {default[2]} tokens "
-          f"as products; other processes used {others:.0%} of the CPUs during the timing rounds)")
+    print(f"(the package's default: C kernel={default[0]}, fused={default[1]}, short sequences up to {default[2]} "
+          f"tokens as products; other processes used {others:.0%} of the CPUs during the timing rounds)")
 
 
 def compile_data_point(folder: Path, args) -> None:

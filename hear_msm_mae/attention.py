@@ -28,11 +28,10 @@ benchmarks/inference.py (bf16 vs float32 min cosine). float32 never takes these 
 """
 from __future__ import annotations
 
+import ctypes
 import threading
 import warnings
 from typing import Callable, Dict, Optional, Tuple
-
-import ctypes
 
 import torch
 import torch.nn.functional as F
@@ -89,11 +88,13 @@ def native_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Op
         gate = gate.float().expand(n, heads, length, 1)
     out = q.new_empty(n, length, heads, d).transpose(1, 2)  # (n, heads, L, d), laid out as (n, L, heads, d)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-               *(bias.stride() if bias is not None else (0,) * 4), *(gate.stride()[:3] if gate is not None else (0,) * 3))
+               *(bias.stride() if bias is not None else (0,) * 4),
+               *(gate.stride()[:3] if gate is not None else (0,) * 3))
+    pointer = lambda x: None if x is None else x.data_ptr()
     with torch.profiler.record_function("hear_msm_mae::attention"):
-        status = lib.hear_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), None if bias is None else bias.data_ptr(),
-                                    None if gate is None else gate.data_ptr(), out.data_ptr(), n, heads, length, d,
-                                    (ctypes.c_int64 * 19)(*strides), d ** -0.5, torch.get_num_threads())
+        status = lib.hear_attention(pointer(q), pointer(k), pointer(v), pointer(bias), pointer(gate), pointer(out),
+                                    n, heads, length, d, (ctypes.c_int64 * 19)(*strides), d ** -0.5,
+                                    torch.get_num_threads())
     if status == 2:
         raise MemoryError(f"attention kernel: no memory for the packed keys and values of {length} tokens")
     return out if status == 0 else None

@@ -3,6 +3,7 @@ every family's parity file and the engine's tests use to load them."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +77,22 @@ def tiny_checkpoint() -> Path:
     return golden_checkpoint()
 
 
+PARITY_LOG = "HEAR_PARITY_LOG"  # a file: every max_relative_error of the run, a JSON line each, with its test
+_test = {"id": ""}
+
+
+@pytest.fixture(autouse=True)
+def _current_test(request):
+    _test["id"] = request.node.nodeid
+
+
 def max_relative_error(actual: torch.Tensor, expected) -> float:
     expected = torch.as_tensor(expected)
-    return float((actual.detach().float() - expected).abs().max() / expected.abs().max())
+    error = float((actual.detach().float() - expected).abs().max() / expected.abs().max())
+    if os.environ.get(PARITY_LOG):
+        with open(os.environ[PARITY_LOG], "a") as log:
+            log.write(json.dumps({"test": _test["id"], "error": error}) + "\n")
+    return error
 
 
 def arrays(folder: str) -> dict:

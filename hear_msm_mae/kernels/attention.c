@@ -56,7 +56,9 @@ static inline __m512 exp2_ps(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-static inline __m512 bf16_to_ps(__m256i x) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16)); }
+static inline __m512 bf16_to_ps(__m256i x) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
+}
 
 /* kp[(block * pairs + p) * 16 + lane] = the pair (k[j][2p], k[j][2p + 1]) of key j = 16 block + lane; 0 past L */
 static void pack_keys(const bf16 *k, int64_t stride, int64_t len, int64_t pairs, uint32_t *kp) {
@@ -194,9 +196,10 @@ __attribute__((noinline)) static void run(Job *job) {
                     for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
                 values_64(er, vp + c0, token_pairs, dim, acc);
                 for (int r = 0; r < ROWS && i0 + r < len; r++)
-                    for (int c = 0; c < 4; c++)
-                        _mm256_storeu_si256((__m256i *)(out + (i0 + r) * job->os[2] + c0 + c * 16),
-                                            (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r]))));
+                    for (int c = 0; c < 4; c++) {
+                        __m256bh o = _mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r])));
+                        _mm256_storeu_si256((__m256i *)(out + (i0 + r) * job->os[2] + c0 + c * 16), (__m256i)o);
+                    }
             }
         }
     }
