@@ -81,6 +81,8 @@ once, so a change in the machine's load hits them alike):
                   per input shape, with and without torch._inductor.config.freezing, on the packed encoder
                   and on the same encoder unpacked: the first call, graph breaks, and the steady throughput
                   against the default path. A data point; the package does not compile.
+  attention       (--attention, alone) each CPU attention path at the families' shapes, bf16: GFLOP/s and
+                  max error against float64 (ATTENTION_SHAPES).
   bounds          (--bounds) the scene call with one kind of work left out (LEFT_OUT: the linears' GELU,
                   BEATs' and WavLM's gated relative bias, attention), in the same rounds: wrong embeddings,
                   timed only, for what a faster kernel for that work could give at most.
@@ -1000,6 +1002,59 @@ def ablation(folder: Path, args) -> None:
           f"tokens as products; other processes used {others:.0%} of the CPUs during the timing rounds)")
 
 
+ATTENTION_SHAPES = [  # (family, units, tokens, gated relative bias): one call of a block's attention, 8 x 10-s clips
+    ("MSM-MAE", 32, 65, False), ("M2D", 8, 191, False), ("Audio-MAE", 8, 512, False), ("BEATs", 8, 504, True),
+    ("WavLM", 4, 1000, True), ("AST", 3, 1214, False)]
+
+
+def attention_paths(args) -> None:
+    """Each CPU attention path alone at the families' shapes (12 heads of 64, q, k, v views of one qkv product
+    as the encoders make them, bf16): GFLOP/s of the two products and the max error against float64 attention.
+    The torch paths get the gated bias written whole first (in the timing), as attention() gives it them."""
+    heads, d = 12, 64
+    print("\n| family: units x tokens | C kernel | batched products | oneDNN Graph | SDPA | C kernel / best other |"
+          "\n|---|---|---|---|---|---|")
+    for family, n, length, gated in ATTENTION_SHAPES:
+        g = torch.Generator().manual_seed(length)
+        qkv = (2 * torch.randn(n, length, 3 * heads * d, generator=g)).bfloat16()
+        q, k, v = qkv.view(n, length, 3, heads, d).permute(2, 0, 3, 1, 4)
+        table = (3 * torch.randn(heads, length, length, generator=g)).bfloat16() if gated else None
+        gate = (2 * torch.rand(n, heads, length, 1, generator=g)).bfloat16() if gated else None
+        buffer = torch.empty(n, heads, length, length, dtype=torch.bfloat16) if gated else None
+
+        def whole_bias():
+            return None if table is None else torch.mul(gate, table, out=buffer)
+
+        def products():
+            x = [t.reshape(n * heads, length, d) for t in (q, k, v)]
+            scores = torch.baddbmm(x[0].new_empty(n * heads, length, length), x[0], x[1].transpose(1, 2), beta=0,
+                                   alpha=d ** -0.5)
+            return torch.bmm(scores.softmax(-1), x[2]).view(n, heads, length, d)
+
+        paths = {"C kernel": lambda: kernels.native_attention(q, k, v, table, gate),
+                 "batched products": None if gated else products,
+                 "oneDNN Graph": lambda: kernels.FUSED(q, k, v, whole_bias()),
+                 "SDPA": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=whole_bias())}
+        scores = q.double() @ k.double().transpose(-1, -2) * d ** -0.5
+        exact = (scores if table is None else scores + gate.double() * table.double()).softmax(-1) @ v.double()
+        times = {name: [] for name, run in paths.items() if run is not None}
+        with torch.inference_mode():
+            errors = {name: float((paths[name]().double() - exact).abs().max()) for name in times}
+            for _ in range(args.repeats * 5):
+                for name in times:
+                    started = time.perf_counter()
+                    paths[name]()
+                    times[name].append(time.perf_counter() - started)
+        flops = 4 * n * heads * length * length * d
+        rate = {name: flops / min(t) / 1e9 for name, t in times.items()}
+        cells = [f"{rate[name]:.0f} ({errors[name]:.1e})" if name in rate else "-" for name in paths]
+        best_other = max(r for name, r in rate.items() if name != "C kernel")
+        print(f"| {family}: {n} x {length}{' + gated bias' if gated else ''} | " + " | ".join(cells) +
+              f" | {rate['C kernel'] / best_other:.2f}x |")
+    print("(GFLOP/s, best of the interleaved rounds; in brackets the max |error| against float64 attention, for q, "
+          "k, v of standard deviation 2)")
+
+
 def compile_data_point(folder: Path, args) -> None:
     """MSM-MAE default scene embeddings with the loaded encoder's `encode` compiled by inductor (one static
     graph per input shape), packed as load_model leaves it and unpacked (plain F.linear: Linear.packed
@@ -1062,12 +1117,17 @@ def main():
     parser.add_argument("--compile", action="store_true", help="add the torch.compile data point (MSM-MAE)")
     parser.add_argument("--bounds", action="store_true", help="time the scene call without its GELU, gated "
                         "bias or attention: what faster kernels for them could give at most")
+    parser.add_argument("--attention", action="store_true", help="only each CPU attention path alone at the "
+                        "families' shapes: GFLOP/s and error against float64")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.memory_minutes = 1, 4
     torch.set_num_threads(args.threads)
     started, load = time.perf_counter(), OtherLoad().start()
     machine_facts(args.threads)
+    if args.attention:
+        attention_paths(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         results = []
         for name in args.families:

@@ -13,8 +13,9 @@ Which kernel runs:
   native.py) at every length, bias and gate included: products of bfloat16 pairs into float32 sums, float32
   scores and softmax, the softmax's numerators rounded to bfloat16 for the second product; its output laid out
   as (n, L, heads, d), so the output projection reads it without a copy. On this project's machine (Zen 4,
-  2 threads) 1.4-1.6x the products below at 65 tokens, 1.15-1.2x oneDNN Graph's kernel at 513-1214 tokens
-  (benchmarks/README.md);
+  2 threads) 1.15x the products below at 65 tokens, 1.1-1.16x oneDNN Graph's kernel at 191-1214 tokens,
+  1.45-1.5x with the gated bias, and 4-7x closer to float64 attention than either (benchmarks/inference.py
+  --attention);
 - short sequences on other CPUs (L <= SHORT_ATTENTION_TOKENS, no bias): two batched products (the scale
   applied inside the first) and a softmax in the inputs' dtype (torch's bfloat16 softmax computes in float32
   and rounds its output), without a compiled graph for each of the many short layouts;
