@@ -3,7 +3,8 @@ cache folder under the source's hash, loaded with ctypes.
 
 Only CPUs with AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake and later) run them; elsewhere, or where no
 compiler is found or the build fails, `kernels()` is None and the callers use torch's operations (a warning
-says why, once). HEAR_MSM_MAE_NATIVE=0 switches them off.
+says why, once). HEAR_MSM_MAE_NATIVE=0 switches them off (measured only on AVX512-BF16 without AMX; on CPUs
+with AMX oneDNN's own kernels may be the faster choice).
 """
 from __future__ import annotations
 
