@@ -71,6 +71,17 @@ def packable(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.dtype == weight.dtype and x.dtype in (torch.float32, torch.bfloat16))
 
 
+def packed_linear(x: torch.Tensor, layout: torch.Tensor, bias: Optional[torch.Tensor],
+                  activation: Optional[str] = None, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """linear(x) by oneDNN with a weight's `layout` (packed_weight; where packable), then GELU (activation="gelu")
+    or + residual, inside the product."""
+    if residual is not None:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layout, bias, "add")
+    if activation == "gelu":
+        return torch.ops.mkldnn._linear_pointwise(x, layout, bias, "gelu", [], "none")
+    return torch.ops.mkldnn._linear_pointwise(x, layout, bias, "none", [], "")
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
            packed: Optional[WeightCache[torch.Tensor]] = None, activation: Optional[str] = None,
            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -78,12 +89,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     GELU or add inside the product when `packed` (the weight's WeightCache of packed_weight) is given and
     `packable`, else by the separate operations."""
     if packed is not None and packable(x, weight):
-        w = packed.get(weight)
-        if residual is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, bias, "add")
-        if activation == "gelu":
-            return torch.ops.mkldnn._linear_pointwise(x, w, bias, "gelu", [], "none")
-        return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+        return packed_linear(x, packed.get(weight), bias, activation, residual)
     y = F.linear(x, weight, bias)
     if activation == "gelu":
         y = F.gelu(y)

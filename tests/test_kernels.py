@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hear_msm_mae.precision import fast_dtype, resolve_dtype
-from hear_msm_mae.linear import Linear, can_pack, pack
+from hear_msm_mae.linear import Linear, can_pack, pack, packed_weight
 from hear_msm_mae import attention as kernels
 from hear_msm_mae.attention import SHORT_ATTENTION_TOKENS, FusedAttention, attention
 from hear_msm_mae.conv import (SpectralWeights, conv1d_by_fft, conv_matrix, fft_size, frames_product,
@@ -350,7 +350,7 @@ def test_the_feature_encoder_window_by_window_is_the_modules_over_the_whole_inpu
         for p in encoder.feature_extractor.parameters():
             p.normal_()  # norms' scales and shifts too
     windowed_encoder = pack(copy.deepcopy(encoder).float()) if packed else encoder
-    assert (windowed_encoder.conv_products is not None) == packed
+    assert (windowed_encoder.conv_layouts is not None) == packed
     monkeypatch.setattr(wav2vec2_encoder, "FEATURE_WINDOW", 7)
     monkeypatch.setattr(wav2vec2_encoder, "WINDOWS_PER_CALL", 3)
     assert (config.receptive_field, config.hop) == (30, 20)
@@ -366,6 +366,28 @@ def test_the_feature_encoder_window_by_window_is_the_modules_over_the_whole_inpu
     assert windowed.shape == whole.shape == (3, 41, 16)
     tolerance = 1e-5 * float(whole.abs().max()) if packed else 1e-10
     torch.testing.assert_close(windowed.double(), whole, rtol=tolerance, atol=tolerance)
+
+
+def test_the_feature_encoders_layouts_are_made_once_and_again_when_a_weight_changes(monkeypatch):
+    """The convolutions' oneDNN layouts are keyed on the conv weights: not remade at every call (they were, under
+    torch.inference_mode(), 18 times a WavLM call), remade after a weight changes."""
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(conv_layers=((16, 10, 5), (16, 3, 2), (16, 2, 2)), embed_dim=32, num_layers=1,
+                            num_heads=2, ffn_dim=64, pos_conv_kernel=8, pos_conv_groups=4)
+    made = []
+    monkeypatch.setattr(wav2vec2_encoder, "packed_weight", lambda w: made.append(w.shape) or packed_weight(w))
+    encoder = pack(Wav2Vec2Encoder(config).eval())
+    waves = torch.randn(2, 30 + 20 * 40)
+    with torch.inference_mode():
+        first = encoder.features(waves)
+        for _ in range(3):
+            assert torch.equal(encoder.features(waves), first)
+    assert len(made) == 2  # the two convolutions after the first, once
+    with torch.no_grad():
+        encoder.feature_extractor.conv_layers[2].conv.weight.mul_(2)
+    with torch.inference_mode():
+        changed = encoder.features(waves)
+    assert len(made) == 4 and not torch.equal(changed, first)
 
 
 @pytest.mark.parametrize("layer_norm_first", [False, True])

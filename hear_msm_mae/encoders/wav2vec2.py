@@ -40,7 +40,7 @@ from torchaudio.models.wav2vec2.components import EncoderLayer, SelfAttention, T
 from ..attention import attention, relative_gate
 from ..conv import SpectralWeights, conv_matrices, frames_product, group_norm_folded, long_conv1d, strided_frames
 from ..grid import TokenGrid, resolve_layers
-from ..linear import Linear, WeightCache, linear, packed_weight
+from ..linear import Linear, WeightCache, linear, packable, packed_linear, packed_weight
 
 RELEASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2  # every release's feature encoder
 CONV_SAMPLES = 1 << 18  # samples per feature-encoder call (16 s at 16 kHz): its activations are 512 x samples / 5
@@ -122,7 +122,7 @@ class Wav2Vec2Encoder(nn.Module):
     """
     num_prefix_tokens = 0
     pool = None  # no clip-level output
-    conv_products: Optional[List[WeightCache]] = None  # pack(): oneDNN layouts of the convs after the first
+    conv_layouts: Optional[WeightCache] = None  # pack(): oneDNN layouts of conv_matrices
 
     def __init__(self, config: Wav2Vec2Config):
         super().__init__()
@@ -195,8 +195,8 @@ class Wav2Vec2Encoder(nn.Module):
     def pack(self) -> None:
         """For CPU inference: the feature encoder's convolutions after the first, as (C_out, K C_in) matrices,
         laid out for oneDNN (windowed_features; caches remade when the weights change, as every packed weight)."""
-        if self.conv_products is None:
-            self.conv_products = [WeightCache(packed_weight) for _ in self.feature_extractor.conv_layers[1:]]
+        if self.conv_layouts is None:  # keyed, as the matrices, on the conv weights themselves
+            self.conv_layouts = WeightCache(conv_layouts)
 
     def windowed_features(self, waves: torch.Tensor) -> torch.Tensor:
         """The feature encoder (CPU, inference) over windows of FEATURE_WINDOW frames, WINDOWS_PER_CALL at a time,
@@ -214,8 +214,10 @@ class Wav2Vec2Encoder(nn.Module):
         c = self.config
         layers = self.feature_extractor.conv_layers
         first, norm = layers[0].conv, layers[0].layer_norm
-        matrices = self.conv_matrices.get(*(layer.conv.weight for layer in layers[1:]))  # (C_out, K C_in) each
-        packs = self.conv_products or [None] * len(matrices)
+        weights = [layer.conv.weight for layer in layers[1:]]
+        matrices = self.conv_matrices.get(*weights)  # (C_out, K C_in) each
+        layouts = self.conv_layouts.get(*weights) if self.conv_layouts is not None and packable(waves, matrices[0]) \
+            else [None] * len(matrices)
         n, samples = waves.shape
         frames = (samples - c.receptive_field) // c.hop + 1
         if isinstance(norm, nn.GroupNorm):  # per input (n, C, K), (n, C)
@@ -238,13 +240,13 @@ class Wav2Vec2Encoder(nn.Module):
                 if norm is not None and not isinstance(norm, nn.GroupNorm):
                     x = layer_norm(norm, x)
                 x = torch.ops.aten.gelu_(x)
-                for layer, matrix, packed in zip(layers[1:], matrices, packs):
+                for layer, matrix, layout in zip(layers[1:], matrices, layouts):
                     x = strided_frames(x, layer.conv.kernel_size[0], layer.conv.stride[0]).contiguous()
-                    if layer.layer_norm is None:  # (w, frames, C)
-                        x = linear(x, matrix, layer.conv.bias, packed, activation="gelu")
-                    else:
-                        x = layer_norm(layer.layer_norm, linear(x, matrix, layer.conv.bias, packed))
-                        x = torch.ops.aten.gelu_(x)
+                    gelu = "gelu" if layer.layer_norm is None else None  # else: LayerNorm, then GELU
+                    x = linear(x, matrix, layer.conv.bias, activation=gelu) if layout is None else \
+                        packed_linear(x, layout, layer.conv.bias, activation=gelu)  # (w, frames, C)
+                    if layer.layer_norm is not None:
+                        x = torch.ops.aten.gelu_(layer_norm(layer.layer_norm, x))
                 for (b, t), window in zip(call, x):  # (length, C)
                     out[b, t:t + length] = window
         return out
@@ -256,6 +258,11 @@ class Wav2Vec2Encoder(nn.Module):
         position = long_conv1d(embedding.conv, x.transpose(1, 2), self.pos_conv_spectra)  # (n, D, T + 1 - K % 2)
         x = x + F.gelu(position[..., :x.shape[1]]).transpose(1, 2)
         return transformer.layer_norm(x) if transformer.layer_norm_first else x
+
+
+def conv_layouts(*weights: torch.Tensor) -> List[torch.Tensor]:
+    """oneDNN's layouts of conv_matrices(*weights)."""
+    return [packed_weight(matrix) for matrix in conv_matrices(*weights)]
 
 
 def convolve(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
