@@ -884,10 +884,10 @@ def without(what: str, hear, audio: torch.Tensor, model) -> torch.Tensor:
         def patch(modules, name, new):
             for module in modules:
                 stack.enter_context(mock.patch.object(module, name, new))
-        if what == "the linears' GELU":
-            plain = linear_layers.linear
-            patch((linear_layers, wav2vec2_encoder), "linear",
-                  lambda x, w, b, packed=None, activation=None, residual=None: plain(x, w, b, packed, None, residual))
+        if what == "the linears' GELU":  # the packed products (CPU inference): the blocks' and feature encoder's
+            plain = linear_layers.packed_linear
+            patch((linear_layers, wav2vec2_encoder), "packed_linear",
+                  lambda x, layout, b, activation=None, residual=None: plain(x, layout, b, None, residual))
         elif what == "the gated relative bias":
             patch((beats_encoder, wav2vec2_encoder), "attention",
                   lambda q, k, v, bias=None, gate=None, buffer=None: kernels.attention(q, k, v))
