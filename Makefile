@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c requirements/constraints.txt
-APT_PACKAGES := fluidsynth fluid-soundfont-gm espeak-ng flite festival festvox-kallpc16k hydrogen-drumkits sox libsndfile1 ffmpeg
+APT_PACKAGES := fluidsynth fluid-soundfont-gm espeak-ng flite festival festvox-kallpc16k hydrogen-drumkits sox libsndfile1 ffmpeg gcc
 
 .PHONY: demo test system-deps
 
@@ -19,8 +19,9 @@ $(VENV)/.installed: setup.cfg requirements/constraints.txt requirements/hear-too
 .venv-heareval/.installed: $(VENV)/.installed tests/heareval_env.py
 	rm -f $@ && $(PY) tests/heareval_env.py .venv-heareval
 
-# Offline sound sources for the synthetic tasks and the pre-training corpus, and ffmpeg (the reference of the
-# resampling tests: hear-preprocess made the HEAR tasks with it) (Debian packages).
+# Offline sound sources for the synthetic tasks and the pre-training corpus, ffmpeg (the reference of the
+# resampling tests: hear-preprocess made the HEAR tasks with it) and gcc (the C attention kernel, built at first
+# use; tests/test_native.py) (Debian packages).
 system-deps:
 	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES); }
